@@ -1,0 +1,56 @@
+"""Lake paths: Parquet datasets under one root, one folder per date, written atomically.
+
+A dataset lives at ``<root>/<name>/dt=<YYYY-MM-DD>/``. :func:`atomic_dir` writes into a
+temporary sibling and renames it into place, so a re-run of a date replaces that date
+only and a reader never sees a half-written folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from core import settings as settings_mod
+
+
+def root() -> Path:
+    return Path(settings_mod.get().lake)
+
+
+def partition(name: str, day: dt.date | str, base: Path | None = None) -> Path:
+    """Folder of dataset ``name`` for ``day``."""
+    day_s = day if isinstance(day, str) else day.isoformat()
+    return (base or root()) / name / f"dt={day_s}"
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces ``final`` in one rename."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_file(final: Path) -> Path:
+    """A temporary path beside ``final``; call ``os.replace(tmp, final)`` when written."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,169 @@
+"""Typed settings read from ``RECS_*`` environment variables and validated at start.
+
+Every field below can be set as ``RECS_<FIELD NAME IN CAPITALS>``. A bad value fails
+at load time with :class:`SettingsError` naming the variable, so a misconfigured job
+or server stops before it does any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+PREFIX = "RECS_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A ``RECS_*`` variable is missing, malformed or out of range."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the project keeps its state (private Postgres, lake, Airflow home).
+    home: Path = PROJECT_ROOT / "var"
+    # Empty: use the project's own private Postgres under ``home``.
+    database_url: str = ""
+    pg_port: int = 54329
+    lake_root: str = ""
+    # Pipeline.
+    top_k: int = 100
+    similar_k: int = 50
+    trending_k: int = 100
+    trending_days: int = 7
+    window_days: int = 0  # 0: train on all history up to the logical date
+    spark_master: str = "local[*]"
+    spark_driver_memory: str = "2g"
+    seed: int = 42
+    als_rank: int = 32
+    als_reg: float = 0.1
+    als_alpha: float = 2.0
+    als_iters: int = 15
+    exact_index_max_items: int = 50_000
+    ann_recall_floor: float = 0.9
+    holdout_fraction: float = 0.25
+    gate_margin: float = 0.0
+    keep_versions: int = 2
+    # Reader.
+    serve_limit_default: int = 20
+    serve_limit_max: int = 100
+    statement_timeout_ms: int = 200
+    popular_refresh_s: float = 30.0
+    exclude_max: int = 500
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.home / "pg"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def lake(self) -> str:
+        return self.lake_root or str(self.home / "lake")
+
+    @property
+    def uses_private_pg(self) -> bool:
+        return not self.database_url
+
+    @property
+    def dsn(self) -> str:
+        """The database URL; the private instance's when none is configured."""
+        if self.database_url:
+            return self.database_url
+        return f"postgresql://recs@127.0.0.1:{self.pg_port}/recs"
+
+    def model_params(self) -> dict[str, Any]:
+        """Parameters that shape a model version (hashed into its config digest)."""
+        keys = ("top_k", "similar_k", "trending_k", "trending_days", "window_days", "seed",
+                "als_rank", "als_reg", "als_alpha", "als_iters", "exact_index_max_items",
+                "holdout_fraction", "gate_margin")
+        return {k: getattr(self, k) for k in keys}
+
+    def digest(self) -> str:
+        blob = json.dumps(self.model_params(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "pg_port": (1024, 65535),
+    "top_k": (1, 1000),
+    "similar_k": (1, 1000),
+    "trending_k": (1, 1000),
+    "trending_days": (1, 365),
+    "window_days": (0, 100_000),
+    "als_rank": (1, 512),
+    "als_reg": (0.0, 100.0),
+    "als_alpha": (0.0, 1000.0),
+    "als_iters": (1, 200),
+    "exact_index_max_items": (1, 10**9),
+    "ann_recall_floor": (0.0, 1.0),
+    "holdout_fraction": (0.01, 0.99),
+    "keep_versions": (1, 100),
+    "serve_limit_default": (1, 100),
+    "serve_limit_max": (1, 1000),
+    "statement_timeout_ms": (1, 600_000),
+    "popular_refresh_s": (0.1, 86_400),
+    "exclude_max": (0, 100_000),
+}
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    var = PREFIX + name.upper()
+    try:
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        if kind in (Path, "Path"):
+            return Path(raw).expanduser().resolve()
+        return raw
+    except ValueError:
+        raise SettingsError(f"{var}={raw!r}: expected {getattr(kind, '__name__', kind)}") from None
+
+
+def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from defaults, then ``RECS_*`` variables, then ``overrides``."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        var = PREFIX + f.name.upper()
+        if var in env and env[var] != "":
+            values[f.name] = _parse(f.name, env[var], f.type)
+    values.update(overrides)
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    for name, (lo, hi) in _RANGES.items():
+        v = getattr(s, name)
+        if not lo <= v <= hi:
+            raise SettingsError(f"{PREFIX}{name.upper()}={v}: must be between {lo} and {hi}")
+    if s.database_url and not s.database_url.startswith(("postgresql://", "postgres://",
+                                                          "postgresql+psycopg2://")):
+        raise SettingsError(f"{PREFIX}DATABASE_URL: expected a postgresql:// URL, "
+                            f"got {s.database_url.split(':')[0]!r}")
+    if s.serve_limit_default > s.serve_limit_max:
+        raise SettingsError(f"{PREFIX}SERVE_LIMIT_DEFAULT exceeds {PREFIX}SERVE_LIMIT_MAX")
+
+
+_cached: Settings | None = None
+
+
+def get() -> Settings:
+    """Settings of this process, loaded once from the environment."""
+    global _cached
+    if _cached is None:
+        _cached = load()
+    return _cached

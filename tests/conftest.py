@@ -1,0 +1,89 @@
+"""Shared fixtures: a real private Postgres for the suite, a fresh database per test.
+
+The suite's instance lives under ``var/test/pg`` on its own port (RECS_TEST_PG_PORT,
+default 54341) so that it never touches the demo's data. Each test that asks for
+``dsn`` gets a new, migrated database, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from core import localpg, migrate
+from core import settings as settings_mod
+from core.settings import PROJECT_ROOT
+
+ML_SMALL = (PROJECT_ROOT.parent / "shared" / "data" / "ml-latest-small").resolve()
+TEST_HOME = PROJECT_ROOT / "var" / "test"
+TEST_PG_PORT = int(os.environ.get("RECS_TEST_PG_PORT", "54341"))
+
+
+def pytest_configure(config):
+    for name, text in [
+        ("spark", "starts a Spark session (slow JVM start)"),
+        ("airflow", "runs Airflow commands"),
+        ("slow", "takes more than a few seconds"),
+        ("integration", "runs several real components together over HTTP"),
+        ("faults", "stops and starts a Postgres instance"),
+    ]:
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+@pytest.fixture(scope="session")
+def pg_instance():
+    """Settings of the suite's private Postgres, started once per session."""
+    s = settings_mod.load(env={}, home=TEST_HOME, pg_port=TEST_PG_PORT)
+    was_running = localpg.is_running(s)
+    localpg.start(s)
+    yield s
+    if not was_running:
+        localpg.stop(s)
+
+
+def _admin(s: settings_mod.Settings):
+    conn = psycopg2.connect(host="127.0.0.1", port=s.pg_port, user="recs", dbname="postgres")
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture
+def dsn(pg_instance):
+    """URL of a fresh database with the schema applied; dropped after the test."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    conn = _admin(pg_instance)
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://recs@127.0.0.1:{pg_instance.pg_port}/{name}"
+    migrate.apply(url)
+    yield url
+    from core import db
+
+    engine = db._engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+@pytest.fixture
+def settings(dsn, tmp_path, monkeypatch):
+    """Process settings pointing at the test database and a temporary home and lake."""
+    monkeypatch.setenv("RECS_DATABASE_URL", dsn)
+    monkeypatch.setenv("RECS_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(settings_mod, "_cached", None)
+    yield settings_mod.get()
+    settings_mod._cached = None
+
+
+@pytest.fixture(scope="session")
+def ml_small() -> Path:
+    if not (ML_SMALL / "ratings.csv").exists():
+        pytest.skip(f"MovieLens ml-latest-small not found at {ML_SMALL} "
+                    "(it lives in the project's shared data folder, not in the repo)")
+    return ML_SMALL
