@@ -19,8 +19,9 @@ CREATE TABLE items (
 CREATE INDEX items_category_idx ON items (category);
 CREATE INDEX items_updated_at_idx ON items (updated_at);
 
--- Interaction events. Append-only; one partition per day, named interactions_pYYYYMMDD,
--- created ahead by recs_ensure_interaction_partitions().
+-- Interaction events. Append-only; one partition per day (interactions_pYYYYMMDD),
+-- created ahead by recs_ensure_interaction_partitions(); bulk-loaded history older than
+-- the hot window goes to one partition per month (interactions_mYYYYMM).
 CREATE TABLE interactions (
     event_id    BIGINT NOT NULL,
     user_id     BIGINT NOT NULL,
@@ -38,26 +39,53 @@ CREATE INDEX interactions_user_ts_idx ON interactions (user_id, "timestamp");
 -- Ids for events posted without one (loaders derive stable ids from the row's content).
 CREATE SEQUENCE interactions_event_id_seq START WITH 1;
 
-CREATE FUNCTION recs_ensure_interaction_partitions(from_day DATE, to_day DATE)
+-- Creates the partitions that cover [from_day, to_day]. Days on or after daily_from get
+-- one partition each (interactions_pYYYYMMDD); older days, typically a bulk load of
+-- history, get one partition per month (interactions_mYYYYMM) unless that month already
+-- has daily partitions. This keeps years of history to a few hundred partitions.
+-- Returns the number of partitions created. Safe to call concurrently and repeatedly.
+CREATE FUNCTION recs_ensure_interaction_partitions(
+    from_day DATE, to_day DATE, daily_from DATE DEFAULT NULL)
 RETURNS INTEGER
 LANGUAGE plpgsql AS $$
 DECLARE
     d       DATE;
+    m       DATE;
     created INTEGER := 0;
-    name    TEXT;
+    dname   TEXT;
+    mname   TEXT;
 BEGIN
     IF to_day < from_day THEN
         RAISE EXCEPTION 'to_day % is before from_day %', to_day, from_day;
     END IF;
+    daily_from := COALESCE(daily_from, from_day);
     -- One creator at a time: concurrent callers wait instead of colliding.
     PERFORM pg_advisory_xact_lock(hashtext('recs_interaction_partitions'));
     d := from_day;
     WHILE d <= to_day LOOP
-        name := 'interactions_p' || to_char(d, 'YYYYMMDD');
-        IF to_regclass(name) IS NULL THEN
+        m := date_trunc('month', d)::date;
+        mname := 'interactions_m' || to_char(m, 'YYYYMM');
+        dname := 'interactions_p' || to_char(d, 'YYYYMMDD');
+        IF to_regclass(mname) IS NOT NULL THEN
+            d := (m + interval '1 month')::date;          -- month already covered
+            CONTINUE;
+        END IF;
+        IF d < daily_from AND NOT EXISTS (
+               SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+               WHERE i.inhparent = 'interactions'::regclass
+                 AND c.relname LIKE 'interactions_p' || to_char(m, 'YYYYMM') || '%') THEN
             EXECUTE format(
                 'CREATE TABLE %I PARTITION OF interactions FOR VALUES FROM (%L) TO (%L)',
-                name, d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
+                mname, m::timestamp AT TIME ZONE 'UTC',
+                (m + interval '1 month')::timestamp AT TIME ZONE 'UTC');
+            created := created + 1;
+            d := (m + interval '1 month')::date;
+            CONTINUE;
+        END IF;
+        IF to_regclass(dname) IS NULL THEN
+            EXECUTE format(
+                'CREATE TABLE %I PARTITION OF interactions FOR VALUES FROM (%L) TO (%L)',
+                dname, d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
             created := created + 1;
         END IF;
         d := d + 1;
