@@ -32,6 +32,7 @@ CREATE TABLE recommendations (
     scores          REAL[] NOT NULL,
     reasons         TEXT[] NOT NULL,
     reason_item_ids BIGINT[] NOT NULL,
+    history_tail    BIGINT[] NOT NULL DEFAULT '{}',  -- the user's newest items, newest first
     computed_at     TIMESTAMPTZ NOT NULL
 ) PARTITION BY LIST (model_version);
 
