@@ -1,0 +1,40 @@
+"""Environment for running Airflow against the project's DAGs and database."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from core.settings import PROJECT_ROOT, Settings
+
+
+def metadata_url(s: Settings) -> str:
+    """Airflow's metadata database: database ``airflow`` on the project's server."""
+    parts = urlsplit(s.dsn.replace("postgresql+psycopg2://", "postgresql://"))
+    return urlunsplit(("postgresql+psycopg2", parts.netloc, "/airflow", parts.query, ""))
+
+
+def environ(s: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: os.environ) plus what Airflow needs; set values win."""
+    env = dict(os.environ if base is None else base)
+    venv_bin = str(Path(sys.executable).parent)
+    if not env.get("PATH", "").startswith(venv_bin):
+        env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+    defaults = {
+        "AIRFLOW_HOME": str(s.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url(s),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark",
+                                                  "host": s.spark_master}),
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+    }
+    for key, value in defaults.items():
+        env.setdefault(key, value)
+    return env

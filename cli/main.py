@@ -1,0 +1,344 @@
+"""``recs``: the operators' command line over the project's jobs, server and Airflow.
+
+Each subcommand parses its arguments and calls a typed function; errors from bad input
+print one line naming the problem (and the file and line where there is one) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from core import settings as settings_mod
+from core.settings import PROJECT_ROOT, SettingsError
+
+log = logging.getLogger("recs")
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+# --- prerequisites -------------------------------------------------------------------
+
+def check_prerequisites(need_pg_server: bool) -> list[str]:
+    """Problems with the machine (Java 17, Postgres server binaries), as advice lines."""
+    problems = []
+    java = shutil.which("java")
+    if java is None:
+        problems.append("Java 17 runtime not found (Spark needs it): "
+                        "apt-get install openjdk-17-jre-headless")
+    else:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True)
+        text = out.stderr + out.stdout
+        version = text.split('"')[1] if '"' in text else ""
+        major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
+        if major < 17:
+            problems.append(f"Java {version or '?'} found, Spark 4 needs 17 or newer: "
+                            "apt-get install openjdk-17-jre-headless")
+    if need_pg_server:
+        from core import localpg
+
+        for name in ("initdb", "pg_ctl"):
+            try:
+                localpg.find_bin(name)
+            except localpg.LocalPgError:
+                problems.append(f"Postgres server binary {name} not found: "
+                                "apt-get install postgresql (or set RECS_DATABASE_URL)")
+                break
+    return problems
+
+
+def cmd_check(args, s) -> int:
+    problems = check_prerequisites(s.uses_private_pg)
+    for p in problems:
+        print(f"missing: {p}", file=sys.stderr)
+    blas = any(Path(d, "libblas.so.3").exists() for d in
+               ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib"))
+    if not blas:
+        print("note: no native BLAS (libblas.so.3); Spark ALS runs about 1.25x slower. "
+              "Install: apt-get install libopenblas0-pthread", file=sys.stderr)
+    if problems:
+        return 1
+    print("ok: Java and Postgres binaries found")
+    return 0
+
+
+# --- database --------------------------------------------------------------------------
+
+def db_up(s) -> str:
+    """Start the private Postgres when no URL is configured; apply migrations."""
+    from core import localpg, migrate
+
+    if s.uses_private_pg:
+        localpg.start(s)
+    applied = migrate.apply(s.dsn)
+    ensure_airflow_database(s)
+    return f"database ready at {s.dsn} ({len(applied)} migrations applied now)"
+
+
+def ensure_airflow_database(s) -> None:
+    import psycopg2
+    import psycopg2.extensions
+
+    from core.db import libpq_dsn
+
+    conn = psycopg2.connect(libpq_dsn(s.dsn))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = 'airflow'")
+            if cur.fetchone() is None:
+                cur.execute("CREATE DATABASE airflow")
+    finally:
+        conn.close()
+
+
+def cmd_db_up(args, s) -> int:
+    print(db_up(s))
+    return 0
+
+
+def cmd_db_down(args, s) -> int:
+    from core import localpg
+
+    if not s.uses_private_pg:
+        raise CliError("RECS_DATABASE_URL is set: the project does not manage that server")
+    localpg.stop(s)
+    print("private Postgres stopped")
+    return 0
+
+
+def cmd_migrate(args, s) -> int:
+    from core import migrate
+
+    applied = migrate.apply(s.dsn)
+    print(f"applied: {', '.join(applied) or 'nothing new'}")
+    return 0
+
+
+def cmd_db_init(args, s) -> int:
+    from core import migrate
+
+    ensure_airflow_database(s)
+    applied = migrate.apply(s.dsn)
+    print(f"applied: {', '.join(applied) or 'nothing new'}; airflow database present")
+    return 0
+
+
+# --- data ------------------------------------------------------------------------------
+
+def cmd_load(args, s) -> int:
+    from jobs.ingest import load as loader
+
+    if args.source == "synthetic":
+        from jobs.ingest.synthetic import SyntheticConfig
+
+        cfg = SyntheticConfig(n_users=args.users, n_items=args.items, n_events=args.events,
+                              n_days=args.days, seed=args.seed)
+        report = loader.load_synthetic(cfg, dsn=s.dsn)
+    else:
+        path = Path(args.source)
+        if not path.is_dir():
+            raise CliError(f"{path}: not a folder (expected a MovieLens dataset folder "
+                           "or 'synthetic')")
+        report = loader.load_movielens(path, dsn=s.dsn, skip_bad=args.skip_bad)
+    print(report_line(report))
+    return 0
+
+
+def report_line(report) -> str:
+    if report.already_loaded:
+        return f"{report.source}: already loaded (digest {report.digest[:12]}), nothing written"
+    line = (f"{report.source}: {report.interactions} interactions, {report.users} users, "
+            f"{report.items} items in {report.seconds:.1f}s")
+    if report.skipped:
+        line += f"; skipped {report.skipped} bad rows: " + "; ".join(report.skipped_reasons[:3])
+    return line
+
+
+def newest_event_day(s) -> dt.date:
+    from core import db
+
+    with db.transaction(s.dsn) as cur:
+        cur.execute('SELECT max("timestamp") FROM interactions')
+        (ts,) = cur.fetchone()
+    if ts is None:
+        raise CliError("no interactions loaded: run `recs load` first")
+    return ts.astimezone(dt.UTC).date()
+
+
+# --- pipeline ----------------------------------------------------------------------------
+
+def airflow(s, *argv: str, check: bool = True, capture: bool = False):
+    from cli.airflow_env import environ
+
+    env = environ(s)
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    cmd = [str(Path(sys.executable).parent / "airflow"), *argv]
+    r = subprocess.run(cmd, env=env, text=True, capture_output=capture)
+    if check and r.returncode != 0:
+        tail = (r.stderr or "")[-3000:] if capture else ""
+        raise CliError(f"airflow {' '.join(argv)} failed with status {r.returncode}\n{tail}")
+    return r
+
+
+def airflow_db_ready(s) -> None:
+    """Migrate Airflow's metadata database once per Airflow version."""
+    import airflow as airflow_pkg
+
+    marker = s.airflow_home / f".migrated-{airflow_pkg.__version__}"
+    if marker.exists():
+        return
+    ensure_airflow_database(s)
+    airflow(s, "db", "migrate", capture=True)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(dt.datetime.now(dt.UTC).isoformat())
+
+
+def run_daily(s, day: dt.date, inline: bool = False) -> dict:
+    """Run the daily pipeline for ``day`` through Airflow (or in-process with inline)."""
+    from core import db
+
+    t0 = time.perf_counter()
+    if inline:
+        from jobs import daily
+
+        result = daily.run_all(day)
+    else:
+        airflow_db_ready(s)
+        # The run whose data interval is [day, day + 1).
+        run_date = (day + dt.timedelta(days=1)).isoformat()
+        airflow(s, "dags", "test", "daily", run_date)
+        from jobs.evaluate import model_version
+
+        result = {"version": model_version(day, s.digest())}
+    with db.transaction(s.dsn) as cur:
+        cur.execute("SELECT status, message, metrics FROM model_runs WHERE model_version = %s",
+                    (result["version"],))
+        row = cur.fetchone()
+    if row is None:
+        raise CliError(f"the daily run for {day} recorded no model run")
+    result.update(status=row[0], message=row[1], metrics=row[2],
+                  seconds=round(time.perf_counter() - t0, 1))
+    return result
+
+
+def cmd_pipeline(args, s) -> int:
+    day = dt.date.fromisoformat(args.date) if args.date else newest_event_day(s)
+    print(f"running the daily pipeline for {day} "
+          f"({'in process' if args.inline else 'through Airflow'})", flush=True)
+    result = run_daily(s, day, inline=args.inline)
+    als = result["metrics"].get("als", {})
+    pop = result["metrics"].get("popularity", {})
+    print(f"{result['version']}: {result['status']} - {result['message']} "
+          f"(NDCG@10 {als.get('ndcg@10', float('nan')):.4f} vs popularity "
+          f"{pop.get('ndcg@10', float('nan')):.4f}) in {result['seconds']}s")
+    return 0 if result["status"] in ("published", "rejected") else 1
+
+
+def cmd_airflow(args, s) -> int:
+    airflow_db_ready(s)
+    return airflow(s, *args.args, check=False).returncode
+
+
+# --- serving --------------------------------------------------------------------------
+
+def cmd_serve(args, s) -> int:
+    env = dict(os.environ, RECS_SERVE_BIND=args.bind)
+    cmd = [str(Path(sys.executable).parent / "gunicorn"), "-c",
+           str(PROJECT_ROOT / "serve" / "gunicorn.conf.py"), "serve.app:create_app()"]
+    os.execve(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+# --- evaluation -------------------------------------------------------------------------
+
+def cmd_evaluate(args, s) -> int:
+    from jobs import protocol
+
+    table = protocol.run(Path(args.data), split=args.split, settings=s)
+    print(protocol.format_table(table))
+    if args.out:
+        Path(args.out).write_text(json.dumps(table, indent=2))
+        print(f"written to {args.out}")
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recs", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("check", help="check Java 17, Postgres binaries and BLAS").set_defaults(
+        func=cmd_check)
+    sub.add_parser("db-up", help="start the private Postgres (if no URL) and migrate"
+                   ).set_defaults(func=cmd_db_up)
+    sub.add_parser("db-down", help="stop the private Postgres").set_defaults(func=cmd_db_down)
+    sub.add_parser("db-init", help="migrate and create the airflow database (servers "
+                   "not managed by the project)").set_defaults(func=cmd_db_init)
+    sub.add_parser("migrate", help="apply pending schema migrations").set_defaults(
+        func=cmd_migrate)
+
+    load = sub.add_parser("load", help="load a MovieLens folder or synthetic data")
+    load.add_argument("source", help="path to a MovieLens folder (ml-latest-small, ml-100k, "
+                      "ml-1m layouts) or 'synthetic'")
+    load.add_argument("--skip-bad", action="store_true",
+                      help="count and report bad rows instead of stopping")
+    load.add_argument("--users", type=int, default=1000)
+    load.add_argument("--items", type=int, default=500)
+    load.add_argument("--events", type=int, default=50_000)
+    load.add_argument("--days", type=int, default=30)
+    load.add_argument("--seed", type=int, default=42)
+    load.set_defaults(func=cmd_load)
+
+    pipe = sub.add_parser("pipeline", help="run the daily DAG once (through Airflow)")
+    pipe.add_argument("--date", help="logical day YYYY-MM-DD (default: day of the newest "
+                      "event, so historical data works)")
+    pipe.add_argument("--inline", action="store_true",
+                      help="run the same steps in this process instead of through Airflow")
+    pipe.set_defaults(func=cmd_pipeline)
+
+    serve = sub.add_parser("serve", help="run the reader under gunicorn")
+    serve.add_argument("--bind", default=os.environ.get("RECS_SERVE_BIND", "127.0.0.1:8000"))
+    serve.set_defaults(func=cmd_serve)
+
+    ev = sub.add_parser("evaluate", help="benchmark protocol on a dataset folder")
+    ev.add_argument("--data", required=True, help="MovieLens folder")
+    ev.add_argument("--split", choices=["stratified", "time"], default="stratified")
+    ev.add_argument("--out", help="write the table as JSON here")
+    ev.set_defaults(func=cmd_evaluate)
+
+    af = sub.add_parser("airflow", help="run an airflow command with the project's settings")
+    af.add_argument("args", nargs=argparse.REMAINDER)
+    af.set_defaults(func=cmd_airflow)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("RECS_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        s = settings_mod.get()
+        return args.func(args, s)
+    except (CliError, SettingsError) as exc:
+        print(f"recs: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        # Bad input: loaders name the file and line (BadRowError is a ValueError).
+        print(f"recs: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

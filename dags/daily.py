@@ -1,0 +1,86 @@
+"""Daily: extract -> prepare -> Spark ALS -> index -> precompute -> evaluate -> gate -> publish.
+
+Wiring only: every step is a function in jobs/daily.py; heavy imports happen inside the
+tasks; XCom carries paths and small dicts. Each run covers its data interval (one day),
+so backfills and re-runs of a date give that date's outputs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import CronDataIntervalTimetable, dag, get_current_context, task
+
+from jobs import daily as steps
+
+
+def _day() -> dt.date:
+    return steps.day_of(get_current_context()["data_interval_end"])
+
+
+@dag(
+    dag_id="daily",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["recs", "daily"],
+    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=5),
+                  "owner": "recs"},
+    doc_md=__doc__,
+)
+def daily():
+    @task
+    def extract() -> dict:
+        return steps.extract(_day())
+
+    @task
+    def prepare(extracted: dict) -> dict:
+        return steps.prepare(_day(), extracted)
+
+    @task
+    def item_stats(extracted: dict) -> dict:
+        return steps.item_stats(_day(), extracted)
+
+    @task
+    def build_index(pairs: dict) -> dict:
+        return steps.build_index(_day(), pairs)
+
+    @task
+    def precompute(pairs: dict, extracted: dict, index: dict) -> dict:
+        return steps.precompute(_day(), pairs, extracted, index)
+
+    @task
+    def evaluate(pairs: dict, extracted: dict, index: dict, lists: dict, stats: dict) -> dict:
+        return steps.evaluate(_day(), pairs, extracted, index, lists, stats)
+
+    @task.short_circuit
+    def gate(result: dict) -> bool:
+        print(result["message"])
+        return bool(result["passed"])
+
+    @task
+    def publish(result: dict, pairs: dict, lists: dict, stats: dict) -> dict:
+        return steps.publish(result, pairs, lists, stats)
+
+    extracted = extract()
+    pairs = prepare(extracted)
+    train_als = SparkSubmitOperator(
+        task_id="train_als",
+        application=steps.ALS_APP,
+        conn_id="spark_default",
+        application_args=pairs["als_args"],
+        conf=steps.spark_conf(),
+        name="recs-als",
+        verbose=False,
+    )
+    stats = item_stats(extracted)
+    index = build_index(pairs)
+    pairs >> train_als >> index
+    lists = precompute(pairs, extracted, index)
+    result = evaluate(pairs, extracted, index, lists, stats)
+    gate(result) >> publish(result, pairs, lists, stats)
+
+
+daily()

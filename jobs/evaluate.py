@@ -1,0 +1,134 @@
+"""Evaluate a trained model on the held-out split, against popularity, and gate it.
+
+The same functions serve the daily DAG (its gate) and ``recs evaluate`` (the benchmark
+protocol), so the figure the gate records is the figure the protocol reports.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import db
+from jobs.precompute import recommend
+from jobs.train_als import Factors, load_factors
+from models import index as ann
+from models import popularity as pop
+from models.metrics import evaluate_all
+
+log = logging.getLogger("recs.evaluate")
+K = 10
+
+
+def als_predictions(factors: Factors, train: pd.DataFrame, test_users: np.ndarray,
+                    k: int = K, exact_max: int = 50_000) -> pd.DataFrame:
+    """Top-k per test user from ALS factors, training items excluded."""
+    index = ann.build(factors.item_factors, ann.IndexConfig(exact_max=exact_max))
+    user_ids, rows, scores = recommend(factors, index, train, k, users=test_users)
+    valid = rows >= 0
+    return pd.DataFrame({
+        "user_id": np.repeat(user_ids, valid.sum(axis=1)),
+        "item_id": factors.item_ids[rows[valid]],
+        "score": scores[valid],
+    })
+
+
+def popularity_predictions(train: pd.DataFrame, test_users: np.ndarray,
+                           k: int = K) -> pd.DataFrame:
+    """Most popular training items per test user, that user's training items excluded."""
+    ranked = pop.counts(train)
+    top_items = ranked.index.to_numpy()
+    top_scores = ranked.to_numpy(dtype="float64")
+    seen = train.groupby("user_id")["item_id"].apply(set)
+    out_u, out_i, out_s = [], [], []
+    for u in test_users:
+        s = seen.get(u, set())
+        n = 0
+        for item, score in zip(top_items, top_scores, strict=True):
+            if item in s:
+                continue
+            out_u.append(u)
+            out_i.append(item)
+            out_s.append(score)
+            n += 1
+            if n == k:
+                break
+    return pd.DataFrame({"user_id": out_u, "item_id": out_i, "score": out_s})
+
+
+def compare(factors: Factors, train: pd.DataFrame, test: pd.DataFrame, n_catalog: int,
+            k: int = K, exact_max: int = 50_000) -> dict[str, dict[str, float]]:
+    """Metrics of ALS and of popularity on the same split."""
+    test_users = np.unique(test["user_id"].to_numpy())
+    als = als_predictions(factors, train, test_users, k, exact_max)
+    popular = popularity_predictions(train, test_users, k)
+    truth = test[["user_id", "item_id"]]
+    return {"als": named(evaluate_all(truth, als, k=k, n_catalog=n_catalog), k),
+            "popularity": named(evaluate_all(truth, popular, k=k, n_catalog=n_catalog), k)}
+
+
+def named(metrics: dict[str, float], k: int) -> dict[str, float]:
+    """``ndcg@k`` -> ``ndcg@10``: the cut-off written into each key."""
+    return {key.replace("@k", f"@{k}"): round(float(v), 6) for key, v in metrics.items()}
+
+
+def passes_gate(metrics: dict[str, dict[str, float]], margin: float,
+                live_ndcg: float | None = None, tolerance: float = 0.02) -> tuple[bool, str]:
+    """A version must beat popularity on NDCG@10 by ``margin`` and not fall more than
+    ``tolerance`` below the live version."""
+    ndcg, base = metrics["als"][f"ndcg@{K}"], metrics["popularity"][f"ndcg@{K}"]
+    if ndcg <= base + margin:
+        return False, f"NDCG@{K} {ndcg:.4f} does not beat popularity {base:.4f} + {margin}"
+    if live_ndcg is not None and ndcg < live_ndcg - tolerance:
+        return False, (f"NDCG@{K} {ndcg:.4f} regresses against the live version "
+                       f"{live_ndcg:.4f} by more than {tolerance}")
+    return True, f"NDCG@{K} {ndcg:.4f} beats popularity {base:.4f}"
+
+
+def model_version(day: dt.date, digest: str) -> str:
+    return f"v{day:%Y%m%d}-{digest[:8]}"
+
+
+def run(day: dt.date, *, version: str, eval_factors_dir: str, pairs: dict, extract: dict,
+        index_meta: dict, artifacts: dict, params: dict, digest: str, margin: float,
+        dsn: str | None = None) -> dict:
+    """Evaluate, record the run in ``model_runs`` and return whether it may publish."""
+    train = pd.read_parquet(pairs["train"])
+    test = pd.read_parquet(pairs["test"])
+    full_items = int(pd.read_parquet(pairs["full"], columns=["item_id"])["item_id"].nunique())
+    metrics = compare(load_factors(Path(eval_factors_dir)), train, test, full_items,
+                      exact_max=params.get("exact_index_max_items", 50_000))
+    metrics["index"] = index_meta
+    with db.transaction(dsn) as cur:
+        cur.execute("""SELECT (r.metrics->'als'->>'ndcg@10')::float FROM serving_state s
+                       JOIN model_runs r ON r.model_version = s.live_version
+                       WHERE s.live_version <> %s""", (version,))
+        row = cur.fetchone()
+        live_ndcg = row[0] if row else None
+        passed, message = passes_gate(metrics, margin, live_ndcg)
+        status = "evaluated" if passed else "rejected"
+        cur.execute("""
+            INSERT INTO model_runs (model_version, kind, logical_date, params, config_digest,
+                data_from, data_until, n_users, n_items, n_interactions, metrics, artifacts,
+                status, message, finished_at)
+            VALUES (%s, 'daily', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())
+            ON CONFLICT (model_version) DO UPDATE SET
+                params = EXCLUDED.params, data_from = EXCLUDED.data_from,
+                data_until = EXCLUDED.data_until, n_users = EXCLUDED.n_users,
+                n_items = EXCLUDED.n_items, n_interactions = EXCLUDED.n_interactions,
+                metrics = EXCLUDED.metrics, artifacts = EXCLUDED.artifacts,
+                status = CASE WHEN model_runs.status = 'published' AND EXCLUDED.status =
+                              'evaluated' THEN 'published' ELSE EXCLUDED.status END,
+                message = EXCLUDED.message, finished_at = now()""",
+            (version, day, json.dumps(params), digest, extract["data_from"],
+             extract["data_until"], pairs["n_users"], pairs["n_items"], extract["n_events"],
+             json.dumps(metrics), json.dumps(artifacts), status, message))
+    log.info("%s: %s (%s)", version, status, message)
+    return {"version": version, "passed": passed, "message": message,
+            "ndcg@10": metrics["als"]["ndcg@10"],
+            "popularity_ndcg@10": metrics["popularity"]["ndcg@10"]}

@@ -1,0 +1,55 @@
+"""Item popularity, global trending and trending per category for one logical date.
+
+Writes ``item_stats/dt=<date>/{popularity,trending}.parquet``; the trending frame holds
+every named list ('popular', 'trending', 'trending:category:<name>') as rows of
+(list_name, rank, item_id, score, reason).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+
+from core import lake
+from core.constants import POPULAR_REASON
+from models import popularity as pop
+
+
+def build_lists(events: pd.DataFrame, items: pd.DataFrame, as_of: pd.Timestamp, k: int,
+                recent_days: int) -> pd.DataFrame:
+    """All non-personal lists as one long frame."""
+    popular = pop.popularity(events, as_of)
+    trend = pop.trending(events, as_of, recent_days=recent_days)
+    # Quiet periods have too few recent events to trend: fill up from popularity.
+    trend_full = pd.concat([trend, popular[~popular.index.isin(trend.index)] * 0.0])
+    category = items.set_index("item_id")["category"]
+    rows = []
+
+    def add(name: str, scores: pd.Series, reason: str) -> None:
+        top = scores.head(k)
+        for rank, (item, score) in enumerate(top.items(), start=1):
+            rows.append((name, rank, int(item), float(score), reason))
+
+    add("popular", popular, POPULAR_REASON)
+    add("trending", trend_full, "Trending now")
+    cats = category.reindex(trend_full.index)
+    for cat in sorted(c for c in cats.dropna().unique()):
+        add(f"trending:category:{cat}", trend_full[cats == cat], f"Trending in {cat}")
+    return pd.DataFrame(rows, columns=["list_name", "rank", "item_id", "score", "reason"])
+
+
+def run(day: dt.date, events_path: str, items_path: str, *, k: int, recent_days: int,
+        data_end: str, lake_root: Path | None = None) -> dict:
+    events = pd.read_parquet(events_path, columns=["user_id", "item_id", "timestamp"])
+    items = pd.read_parquet(items_path, columns=["item_id", "category"])
+    as_of = pd.Timestamp(data_end)
+    lists = build_lists(events, items, as_of, k, recent_days)
+    popularity = pop.popularity(events, as_of).rename("popularity").rename_axis("item_id")
+    out = lake.partition("item_stats", day, lake_root)
+    with lake.atomic_dir(out) as tmp:
+        lists.to_parquet(tmp / "lists.parquet", index=False)
+        popularity.reset_index().to_parquet(tmp / "popularity.parquet", index=False)
+    return {"lists": str(out / "lists.parquet"), "popularity": str(out / "popularity.parquet"),
+            "n_lists": int(lists["list_name"].nunique())}

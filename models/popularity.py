@@ -1,0 +1,45 @@
+"""Popularity and trending scores (pure compute on event frames)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+HALF_LIFE_DAYS = 30.0
+
+
+def popularity(events: pd.DataFrame, as_of: pd.Timestamp,
+               half_life_days: float = HALF_LIFE_DAYS) -> pd.Series:
+    """Decayed count of distinct (user, item) engagements per item, as of ``as_of``."""
+    age = (as_of - events["timestamp"]).dt.total_seconds() / 86_400.0
+    w = np.power(0.5, np.clip(age.to_numpy(), 0, None) / half_life_days)
+    return (pd.Series(w, index=events["item_id"].to_numpy()).groupby(level=0).sum()
+            .sort_values(ascending=False, kind="stable"))
+
+
+def counts(pairs: pd.DataFrame) -> pd.Series:
+    """Number of users per item (the classic popularity baseline)."""
+    return pairs.groupby("item_id")["user_id"].nunique().sort_values(ascending=False,
+                                                                    kind="stable")
+
+
+def trending(events: pd.DataFrame, as_of: pd.Timestamp, recent_days: int = 7,
+             baseline_days: int = 28, min_recent: int = 2) -> pd.Series:
+    """Items gaining attention: recent daily rate against the preceding baseline rate.
+
+    score = (recent_rate - baseline_rate) / sqrt(baseline_rate + 1/recent_days), over items
+    with at least ``min_recent`` recent events; highest first.
+    """
+    t = events["timestamp"]
+    recent_start = as_of - pd.Timedelta(days=recent_days)
+    base_start = recent_start - pd.Timedelta(days=baseline_days)
+    recent = events.loc[(t >= recent_start) & (t < as_of), "item_id"].value_counts()
+    base = events.loc[(t >= base_start) & (t < recent_start), "item_id"].value_counts()
+    recent = recent[recent >= min_recent]
+    if recent.empty:
+        return pd.Series(dtype="float64")
+    r_rate = recent / recent_days
+    b_rate = base.reindex(recent.index, fill_value=0) / baseline_days
+    score = (r_rate - b_rate) / np.sqrt(b_rate + 1.0 / recent_days)
+    score = score[score > 0]
+    return score.sort_values(ascending=False, kind="stable")
