@@ -193,9 +193,9 @@ def airflow(s, *argv: str, check: bool = True, capture: bool = False):
 
 def airflow_db_ready(s) -> None:
     """Migrate Airflow's metadata database once per Airflow version."""
-    import airflow as airflow_pkg
+    from importlib.metadata import version
 
-    marker = s.airflow_home / f".migrated-{airflow_pkg.__version__}"
+    marker = s.airflow_home / f".migrated-{version('apache-airflow')}"
     if marker.exists():
         return
     ensure_airflow_database(s)

@@ -22,7 +22,8 @@ def _day() -> dt.date:
 @dag(
     dag_id="daily",
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    # Far back, so that backfills and one-shot runs of historical data have their tasks.
+    start_date=dt.datetime(1990, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     tags=["recs", "daily"],
