@@ -252,12 +252,85 @@ def cmd_airflow(args, s) -> int:
 
 # --- serving --------------------------------------------------------------------------
 
+def _pidfile(s) -> Path:
+    return s.home / "reader.pid"
+
+
+def stop_reader(s) -> bool:
+    """Stop a reader started with ``recs serve --daemon``; True if one was running."""
+    import signal
+
+    pidfile = _pidfile(s)
+    if not pidfile.exists():
+        return False
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (ValueError, ProcessLookupError):
+        pidfile.unlink(missing_ok=True)
+        return False
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    pidfile.unlink(missing_ok=True)
+    return True
+
+
 def cmd_serve(args, s) -> int:
     env = dict(os.environ, RECS_SERVE_BIND=args.bind)
     cmd = [str(Path(sys.executable).parent / "gunicorn"), "-c",
            str(PROJECT_ROOT / "serve" / "gunicorn.conf.py"), "serve.app:create_app()"]
-    os.execve(cmd[0], cmd, env)
-    return 0  # not reached
+    if not args.daemon:
+        os.execve(cmd[0], cmd, env)
+    import urllib.request
+
+    stop_reader(s)
+    s.home.mkdir(parents=True, exist_ok=True)
+    log_path = s.home / "reader.log"
+    subprocess.run([*cmd, "--daemon", "--pid", str(_pidfile(s)), "--error-logfile",
+                    str(log_path)], env=env, check=True)
+    url = f"http://{args.bind}/healthz"
+    for _ in range(100):
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    print(f"reader running at http://{args.bind} (log {log_path}; "
+                          "stop with `recs stop`)")
+                    return 0
+        except OSError:
+            time.sleep(0.2)
+    raise CliError(f"reader did not answer {url}; see {log_path}")
+
+
+def cmd_stop(args, s) -> int:
+    print("reader stopped" if stop_reader(s) else "no reader was running")
+    return 0
+
+
+def cmd_examples(args, s) -> int:
+    """Print curl commands for a real user and item of the live version."""
+    from core import db
+
+    with db.transaction(s.dsn) as cur:
+        cur.execute("""SELECT r.user_id, r.items[1] FROM serving_state st
+                       JOIN recommendations r ON r.model_version = st.live_version
+                       ORDER BY r.user_id LIMIT 1""")
+        row = cur.fetchone()
+    if row is None:
+        raise CliError("no live version yet: run `recs pipeline` first")
+    user, item = row
+    base = f"http://{args.bind}/api/v1"
+    print("Try:")
+    print(f"  curl -s '{base}/recommendations/{user}?limit=5'")
+    print(f"  curl -s '{base}/similar/{item}?limit=5'")
+    print(f"  curl -s -X POST {base}/events -H 'Content-Type: application/json' "
+          f"-d '{{\"user_id\": {user}, \"item_id\": {item}, \"event_type\": \"view\", "
+          f"\"timestamp\": \"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}\"}}'")
+    print(f"  curl -s '{base}/recommendations/{user}?type=trending&limit=5'")
+    return 0
 
 
 # --- evaluation -------------------------------------------------------------------------
@@ -310,7 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the reader under gunicorn")
     serve.add_argument("--bind", default=os.environ.get("RECS_SERVE_BIND", "127.0.0.1:8000"))
+    serve.add_argument("--daemon", action="store_true",
+                       help="run in the background (pid in var/reader.pid) and return")
     serve.set_defaults(func=cmd_serve)
+    sub.add_parser("stop", help="stop a reader started with --daemon").set_defaults(
+        func=cmd_stop)
+    ex = sub.add_parser("examples", help="print curl commands that work on the live data")
+    ex.add_argument("--bind", default=os.environ.get("RECS_SERVE_BIND", "127.0.0.1:8000"))
+    ex.set_defaults(func=cmd_examples)
 
     ev = sub.add_parser("evaluate", help="benchmark protocol on a dataset folder")
     ev.add_argument("--data", required=True, help="MovieLens folder")
