@@ -12,8 +12,8 @@ import datetime as dt
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from core import settings as settings_mod
 

@@ -7,7 +7,7 @@ that exclusion never leaves a list short when enough items exist.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
