@@ -1,0 +1,38 @@
+"""``POST /api/v1/events``: one event or ``{"events": [...]}``, stored all or nothing.
+
+The reply is 201 ``{"stored": n, "duplicates": m}`` only after the commit; events with
+an ``event_id`` are stored under a stable hash of it, so a retried batch is stored once.
+While the database is down the reply is 503 with ``Retry-After``: nothing was stored.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import BadRequest
+
+from serve import validation
+from serve.app import services
+from serve.errors import ApiError, bad_request, unavailable
+from serve.store import DatabaseUnavailable
+
+bp = Blueprint("events", __name__)
+
+
+@bp.post("/api/v1/events")
+def post_events() -> Response:
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type",
+                       "send the events as JSON (Content-Type: application/json)")
+    try:
+        body = request.get_json()
+    except BadRequest:
+        raise bad_request(None, "the body is not valid JSON", code="invalid_json") from None
+    events = validation.event_body(body)
+    days = {e.timestamp.date() for e in events}
+    try:
+        stored = services().store.insert_events([e.row() for e in events], days)
+    except DatabaseUnavailable:
+        raise unavailable() from None
+    resp = jsonify({"stored": stored, "duplicates": len(events) - stored})
+    resp.status_code = 201
+    return resp

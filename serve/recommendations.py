@@ -1,0 +1,248 @@
+"""Read endpoints: per-user recommendations, similar items, trending.
+
+Each request is one SQL round trip (serve/store.py) plus in-memory work: real-time
+exclusion of what the user touched since the lists were computed, "Because you watched
+X" blending of the similar items of those recent items, and top-up from the in-memory
+popular list. When the database is down or too slow, the answer comes from the in-memory
+popular list (``fallback: true``, ``source: "memory"``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import psycopg2
+from flask import Blueprint, Response, jsonify, request
+
+from core.constants import POPULAR_REASON
+from serve import validation
+from serve.app import services
+from serve.errors import ApiError, bad_request
+from serve.fallback import PopularList
+from serve.store import DatabaseUnavailable, ListRead, UserRead
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("recommendations", __name__)
+
+BLEND_PER_ANCHOR = 2
+WATCHED_REASON = "Because you watched {title}"
+
+Entry = dict[str, Any]
+
+
+# --- list building (pure) ----------------------------------------------------------------
+
+def entry(item_id: int, score: float, reason: str, reason_item_id: int | None,
+          version: str | None) -> Entry:
+    return {"item_id": int(item_id), "score": round(float(score), 6), "reason": reason,
+            "reason_item_id": None if reason_item_id is None else int(reason_item_id),
+            "model_version": version}
+
+
+def from_list(items: Sequence[int], scores: Sequence[float], reasons: Sequence[str],
+              reason_item_ids: Sequence[int | None] | None, version: str | None,
+              blocked: set[int], default_reason: str = "",
+              default_reason_item: int | None = None) -> list[Entry]:
+    """Entries of a stored list in order, skipping ``blocked`` items (and adding them)."""
+    out = []
+    for pos, item in enumerate(items):
+        if item in blocked:
+            continue
+        blocked.add(item)
+        score = scores[pos] if pos < len(scores) else 0.0
+        reason = reasons[pos] if pos < len(reasons) and reasons[pos] else default_reason
+        rid = default_reason_item
+        if reason_item_ids is not None and pos < len(reason_item_ids):
+            rid = reason_item_ids[pos]
+        out.append(entry(item, score, reason, rid, version))
+    return out
+
+
+def top_up(entries: list[Entry], popular: PopularList, blocked: set[int], limit: int
+           ) -> list[Entry]:
+    """Cut ``entries`` to ``limit``, filling a short list from ``popular``."""
+    entries = entries[:limit]
+    if len(entries) < limit:
+        for item, score in zip(popular.items, popular.scores, strict=False):
+            if item in blocked:
+                continue
+            blocked.add(item)
+            entries.append(entry(item, score, POPULAR_REASON, None, popular.model_version))
+            if len(entries) >= limit:
+                break
+    return entries
+
+
+def blend(read: UserRead, exclude: Iterable[int], limit: int, popular: PopularList
+          ) -> list[Entry]:
+    """The personalized list: recent items and ``exclude`` removed, "Because you watched
+    X" items (``BLEND_PER_ANCHOR`` per recent item, newest first) at positions 1, 3, 5...,
+    then the precomputed list, then popular items when short."""
+    blocked = set(exclude) | set(read.recent)
+    blended: list[Entry] = []
+    taken = blocked | set(read.history_tail)  # no blend re-offers a known item
+    for anchor in read.anchors:
+        reason = WATCHED_REASON.format(title=anchor.title)
+        n = 0
+        for item, score in zip(anchor.items, anchor.scores, strict=False):
+            if n >= BLEND_PER_ANCHOR:
+                break
+            if item in taken:
+                continue
+            taken.add(item)
+            blended.append(entry(item, score, reason, anchor.item_id, read.version))
+            n += 1
+    blocked.update(e["item_id"] for e in blended)
+    base = from_list(read.items or [], read.scores, read.reasons, read.reason_item_ids,
+                     read.version, blocked)
+    merged: list[Entry] = []
+    b = p = 0
+    while len(merged) < limit and (b < len(blended) or p < len(base)):
+        if b < len(blended) and (len(merged) % 2 == 0 or p >= len(base)):
+            merged.append(blended[b])
+            b += 1
+        else:
+            merged.append(base[p])
+            p += 1
+    return top_up(merged, popular, blocked, limit)
+
+
+def payload(entries: list[Entry], *, fallback: bool, source: str, model_version: str | None,
+            **ids: int | str | None) -> dict[str, Any]:
+    return {"recommendations": entries, "experiment_id": None, "fallback": fallback,
+            "source": source, **ids, "model_version": model_version}
+
+
+def popular_payload(popular: PopularList, blocked: set[int], limit: int, source: str,
+                    **ids: int | str | None) -> dict[str, Any]:
+    entries = top_up([], popular, blocked, limit)
+    return payload(entries, fallback=True, source=source, model_version=popular.model_version,
+                   **ids)
+
+
+# --- views -------------------------------------------------------------------------------
+
+def _limit() -> int:
+    s = services().settings
+    return validation.limit(request.args.get("limit"), s.serve_limit_default,
+                            s.serve_limit_max)
+
+
+def _optional_id(name: str) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    return validation.positive_id(raw, name)
+
+
+def _memory(blocked: set[int], limit: int, **ids: int | str | None) -> Response:
+    """The answer while the database is down or too slow."""
+    popular = services().popular.get(refresh=False)
+    return jsonify(popular_payload(popular, blocked, limit, "memory", **ids))
+
+
+def _db_failed(exc: Exception) -> None:
+    if not isinstance(exc, DatabaseUnavailable):
+        log.exception("database read failed; answering from memory")
+
+
+@bp.get("/api/v1/recommendations/<user_id>")
+def recommendations(user_id: str) -> Response:
+    uid = validation.positive_id(user_id, "user_id")
+    args = request.args
+    limit = _limit()
+    rec_type = validation.choice(args.get("type"), "type", validation.REC_TYPES,
+                                 "personalized")
+    context = validation.choice(args.get("context"), "context", validation.CONTEXTS, None)
+    item_id = _optional_id("item_id")
+    if context == "product_page" and item_id is None:
+        raise bad_request("item_id", "context=product_page requires item_id")
+    exclude = set(validation.exclude_ids(args.getlist("exclude"),
+                                         services().settings.exclude_max))
+    if item_id is not None:
+        exclude.add(item_id)  # never recommend the item being looked at
+    svc = services()
+    try:
+        if rec_type == "personalized":
+            return jsonify(_personalized(uid, exclude, limit))
+        if rec_type == "similar":
+            read = svc.store.read_similar(item_id, user_id=uid)
+            return jsonify(_similar(read, exclude, limit, user_id=uid))
+        read = svc.store.read_trending("trending", user_id=uid)
+        return jsonify(_trending(read, exclude, limit, user_id=uid))
+    except (DatabaseUnavailable, psycopg2.Error) as exc:
+        _db_failed(exc)
+        return _memory(exclude, limit, user_id=uid)
+
+
+def _personalized(uid: int, exclude: set[int], limit: int) -> dict[str, Any]:
+    svc = services()
+    read = svc.store.read_user(uid)
+    popular = svc.popular.get()
+    if read is None or read.items is None:
+        blocked = exclude | set(read.recent if read else ())
+        return popular_payload(popular, blocked, limit, "popular", user_id=uid)
+    entries = blend(read, exclude, limit, popular)
+    return payload(entries, fallback=False, source="precomputed", model_version=read.version,
+                   user_id=uid)
+
+
+def _similar(read: ListRead | None, exclude: set[int], limit: int,
+             **ids: int | str | None) -> dict[str, Any]:
+    popular = services().popular.get()
+    blocked = set(exclude)
+    if read is not None:
+        blocked.update(read.recent)
+        if read.anchor_id is not None:
+            blocked.add(read.anchor_id)
+    if read is None or read.items is None:
+        return popular_payload(popular, blocked, limit, "popular", **ids)
+    entries = from_list(read.items, read.scores, read.reasons, None, read.version, blocked,
+                        default_reason=f"Similar to {read.anchor_title or read.anchor_id}",
+                        default_reason_item=read.anchor_id)
+    return payload(top_up(entries, popular, blocked, limit), fallback=False, source="similar",
+                   model_version=read.version, **ids)
+
+
+def _trending(read: ListRead | None, exclude: set[int], limit: int,
+              **ids: int | str | None) -> dict[str, Any]:
+    popular = services().popular.get()
+    blocked = set(exclude)
+    if read is not None:
+        blocked.update(read.recent)
+    if read is None or read.items is None:
+        return popular_payload(popular, blocked, limit, "popular", **ids)
+    entries = from_list(read.items, read.scores, read.reasons, None, read.version, blocked,
+                        default_reason="Trending now")
+    return payload(top_up(entries, popular, blocked, limit), fallback=False, source="trending",
+                   model_version=read.version, **ids)
+
+
+@bp.get("/api/v1/similar/<item_id>")
+def similar(item_id: str) -> Response:
+    iid = validation.positive_id(item_id, "item_id")
+    limit = _limit()
+    try:
+        read = services().store.read_similar(iid)
+        if read is not None and read.items is None and not read.anchor_known:
+            raise ApiError(404, "not_found", f"item {iid} is unknown", "item_id")
+        return jsonify(_similar(read, {iid}, limit, item_id=iid))
+    except (DatabaseUnavailable, psycopg2.Error) as exc:
+        _db_failed(exc)
+        return _memory({iid}, limit, item_id=iid)
+
+
+@bp.get("/api/v1/trending")
+def trending() -> Response:
+    limit = _limit()
+    category = validation.category(request.args.get("category"))
+    list_name = f"trending:category:{category}" if category else "trending"
+    try:
+        read = services().store.read_trending(list_name)
+        return jsonify(_trending(read, set(), limit, category=category))
+    except (DatabaseUnavailable, psycopg2.Error) as exc:
+        _db_failed(exc)
+        return _memory(set(), limit, category=category)
