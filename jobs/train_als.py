@@ -79,13 +79,19 @@ def train(spark, pairs: pd.DataFrame, params: AlsParams) -> Factors:
     frame = pd.DataFrame({"u": u_idx.astype("int32"), "i": i_idx.astype("int32"),
                           "w": pairs["weight"].to_numpy(dtype="float32")})
     sdf = spark.createDataFrame(frame)
+    # Without checkpoints the lineage of 15+ iterations overflows the JVM stack when
+    # tasks are serialised; checkpoint every few iterations into a scratch folder.
+    if not spark.sparkContext.getCheckpointDir():
+        import tempfile
+
+        spark.sparkContext.setCheckpointDir(tempfile.mkdtemp(prefix="recs-als-ckpt-"))
     # More partitions than cores gives no speed here and costs shuffle overhead.
     n_blocks = max(1, min(4, spark.sparkContext.defaultParallelism))
     als = ALS(rank=params.rank, maxIter=params.iters, regParam=params.reg,
               alpha=params.alpha, implicitPrefs=True, userCol="u", itemCol="i",
               ratingCol="w", seed=params.seed, nonnegative=False,
               numUserBlocks=n_blocks, numItemBlocks=n_blocks,
-              coldStartStrategy="drop", checkpointInterval=-1)
+              coldStartStrategy="drop", checkpointInterval=5)
     model = als.fit(sdf)
     uf = model.userFactors.toPandas().sort_values("id")
     itf = model.itemFactors.toPandas().sort_values("id")

@@ -2,7 +2,8 @@
 
 Each event contributes a weight from its type; a rating scales it by ``rating / 5`` with a
 floor, so a 5-star rating counts fully and a half-star still counts a little. Events of
-one (user, item) pair add up. ALS then uses ``1 + alpha * weight`` as its confidence.
+one (user, item) pair add up, sublinearly past 1. ALS then uses ``1 + alpha * weight`` as
+its confidence.
 """
 
 from __future__ import annotations
@@ -38,4 +39,16 @@ def aggregate_pairs(events: pd.DataFrame) -> pd.DataFrame:
                           "weight": w, "timestamp": events["timestamp"].to_numpy()})
     out = (frame.groupby(["user_id", "item_id"], sort=False, as_index=False)
            .agg(weight=("weight", "sum"), timestamp=("timestamp", "max")))
+    out["weight"] = sublinear(out["weight"].to_numpy())
     return out
+
+
+def sublinear(w: np.ndarray) -> np.ndarray:
+    """Weights above 1 grow logarithmically: ``1 + ln(w)``; weights up to 1 are kept.
+
+    A pair viewed hundreds of times should count more than one viewed once, but not
+    hundreds of times more (Hu, Koren and Volinsky use a log scale for the same reason).
+    A single rating (weight <= 1) is unchanged.
+    """
+    w = np.asarray(w, dtype="float64")
+    return np.where(w > 1.0, 1.0 + np.log(np.maximum(w, 1.0)), w)

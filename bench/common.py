@@ -1,0 +1,63 @@
+"""Helpers shared by the benchmarks: free ports, gunicorn processes, percentiles."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from core.settings import PROJECT_ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gunicorn:
+    """gunicorn with the reader's configuration, serving ``app`` on a free port."""
+
+    def __init__(self, app: str, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **(env or {}), "RECS_SERVE_BIND": f"127.0.0.1:{self.port}"}
+        self.app = app
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> Gunicorn:
+        self.proc = subprocess.Popen(
+            [str(BIN / "gunicorn"), "-c", str(PROJECT_ROOT / "serve" / "gunicorn.conf.py"),
+             self.app], env=self.env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                requests.get(self.base + "/healthz", timeout=1)
+                return self
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise RuntimeError(f"gunicorn {self.app} did not start")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+def percentiles(latencies_s: list[float]) -> dict[str, float]:
+    a = np.asarray(latencies_s) * 1000.0
+    if len(a) == 0:
+        return {"p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan")}
+    return {"p50_ms": round(float(np.percentile(a, 50)), 2),
+            "p95_ms": round(float(np.percentile(a, 95)), 2),
+            "p99_ms": round(float(np.percentile(a, 99)), 2),
+            "max_ms": round(float(a.max()), 2)}
