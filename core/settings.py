@@ -42,8 +42,8 @@ class Settings:
     spark_driver_memory: str = "2g"
     seed: int = 42
     als_rank: int = 32
-    als_reg: float = 0.1
-    als_alpha: float = 2.0
+    als_reg: float = 0.3
+    als_alpha: float = 5.0
     als_iters: int = 15
     exact_index_max_items: int = 50_000
     ann_recall_floor: float = 0.9

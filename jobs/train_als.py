@@ -27,8 +27,8 @@ log = logging.getLogger("recs.train_als")
 @dataclass(frozen=True)
 class AlsParams:
     rank: int = 32
-    reg: float = 0.1
-    alpha: float = 2.0
+    reg: float = 0.3
+    alpha: float = 5.0
     iters: int = 15
     seed: int = 42
 

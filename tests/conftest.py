@@ -1,7 +1,7 @@
 """Shared fixtures: a real private Postgres for the suite, a fresh database per test.
 
-The suite's instance lives under ``var/test/pg`` on its own port (RECS_TEST_PG_PORT,
-default 54341) so that it never touches the demo's data. Each test that asks for
+The suite's instance lives under ``var/test/pg-<port>`` on its own port
+(RECS_TEST_PG_PORT, default 54341) so that it never touches the demo's data. Each test that asks for
 ``dsn`` gets a new, migrated database, dropped afterwards.
 """
 
@@ -19,8 +19,9 @@ from core import settings as settings_mod
 from core.settings import PROJECT_ROOT
 
 ML_SMALL = (PROJECT_ROOT.parent / "shared" / "data" / "ml-latest-small").resolve()
-TEST_HOME = PROJECT_ROOT / "var" / "test"
 TEST_PG_PORT = int(os.environ.get("RECS_TEST_PG_PORT", "54341"))
+# One instance per port, so that concurrent suites on one machine can keep apart.
+TEST_HOME = PROJECT_ROOT / "var" / "test" / f"pg-{TEST_PG_PORT}"
 
 
 def pytest_configure(config):
