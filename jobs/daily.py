@@ -71,7 +71,8 @@ def item_stats(day: dt.date, extracted: dict) -> dict:
 
     s = settings_mod.get()
     return job.run(day, extracted["events"], extracted["items"], k=s.trending_k,
-                   recent_days=s.trending_days, data_end=extracted["data_end"])
+                   recent_days=s.trending_days, data_end=extracted["data_end"],
+                   users_path=extracted.get("users"))
 
 
 def build_index(day: dt.date, pairs: dict) -> dict:

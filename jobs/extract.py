@@ -1,8 +1,9 @@
 """Extract the interaction window and the catalog for one logical date to the lake.
 
 Reads events with ``timestamp < data_end`` (and ``>= data_end - window_days`` when a
-window is set) in a stable order and writes them, with the item catalog, as Parquet under
-``events/dt=<date>/`` and ``items/dt=<date>/``. A re-run replaces that date only.
+window is set) in a stable order and writes them, with the item catalog and the users'
+countries, as Parquet under ``events/``, ``items/`` and ``users/dt=<date>/``.
+A re-run replaces that date only.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ ITEM_SCHEMA = pa.schema([
     ("item_id", pa.int64()), ("title", pa.string()), ("category", pa.string()),
     ("tags", pa.list_(pa.string())), ("created_at", pa.timestamp("us", tz="UTC")),
 ])
+USER_SCHEMA = pa.schema([("user_id", pa.int64()), ("country", pa.string())])
 CHUNK = 200_000
 
 
@@ -63,6 +65,7 @@ def run(day: dt.date, *, dsn: str | None = None, lake_root: Path | None = None,
     start, end = window(data_end, window_days)
     events_dir = lake.partition("events", day, lake_root)
     items_dir = lake.partition("items", day, lake_root)
+    users_dir = lake.partition("users", day, lake_root)
     t0 = time.perf_counter()
     conn = db.connect(dsn)
     try:
@@ -85,6 +88,10 @@ def run(day: dt.date, *, dsn: str | None = None, lake_root: Path | None = None,
                                  "WHERE created_at < %s ORDER BY item_id", (end,),
                             ITEM_SCHEMA, tmp / "items.parquet")
         conn.commit()
+        with conn.cursor(name="extract_users") as cur, lake.atomic_dir(users_dir) as tmp:
+            _dump(cur, "SELECT user_id, country FROM users ORDER BY user_id", (),
+                  USER_SCHEMA, tmp / "users.parquet")
+        conn.commit()
         with conn.cursor() as cur:
             cur.execute('SELECT min("timestamp"), max("timestamp") FROM interactions '
                         'WHERE "timestamp" < %s' + (' AND "timestamp" >= %s' if start else ""),
@@ -98,6 +105,7 @@ def run(day: dt.date, *, dsn: str | None = None, lake_root: Path | None = None,
         "day": day.isoformat(),
         "events": str(events_dir / "events.parquet"),
         "items": str(items_dir / "items.parquet"),
+        "users": str(users_dir / "users.parquet"),
         "n_events": n_events, "n_items": n_items,
         "data_from": first.isoformat() if first else None,
         "data_until": last.isoformat() if last else None,

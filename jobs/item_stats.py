@@ -16,10 +16,18 @@ from core import lake
 from core.constants import POPULAR_REASON
 from models import popularity as pop
 
+MIN_COUNTRY_USERS = 5
+
 
 def build_lists(events: pd.DataFrame, items: pd.DataFrame, as_of: pd.Timestamp, k: int,
-                recent_days: int) -> pd.DataFrame:
-    """All non-personal lists as one long frame."""
+                recent_days: int, users: pd.DataFrame | None = None) -> pd.DataFrame:
+    """All non-personal lists as one long frame.
+
+    'popular' (decayed popularity), 'trending' (filled up from popularity in quiet
+    periods), 'trending:category:<c>' and, for countries with at least
+    MIN_COUNTRY_USERS users with events, 'trending:country:<CC>' (popularity among that
+    country's users, reason "Popular in <CC>").
+    """
     popular = pop.popularity(events, as_of)
     trend = pop.trending(events, as_of, recent_days=recent_days)
     # Quiet periods have too few recent events to trend: fill up from popularity.
@@ -37,15 +45,25 @@ def build_lists(events: pd.DataFrame, items: pd.DataFrame, as_of: pd.Timestamp, 
     cats = category.reindex(trend_full.index)
     for cat in sorted(c for c in cats.dropna().unique()):
         add(f"trending:category:{cat}", trend_full[cats == cat], f"Trending in {cat}")
+    if users is not None and not users.empty:
+        country = users.dropna(subset=["country"]).set_index("user_id")["country"]
+        ev_country = country.reindex(events["user_id"].to_numpy()).to_numpy()
+        for cc in sorted(pd.unique(country)):
+            mask = ev_country == cc
+            if events.loc[mask, "user_id"].nunique() < MIN_COUNTRY_USERS:
+                continue
+            add(f"trending:country:{cc}", pop.popularity(events[mask], as_of),
+                f"Popular in {cc}")
     return pd.DataFrame(rows, columns=["list_name", "rank", "item_id", "score", "reason"])
 
 
 def run(day: dt.date, events_path: str, items_path: str, *, k: int, recent_days: int,
-        data_end: str, lake_root: Path | None = None) -> dict:
+        data_end: str, users_path: str | None = None, lake_root: Path | None = None) -> dict:
     events = pd.read_parquet(events_path, columns=["user_id", "item_id", "timestamp"])
     items = pd.read_parquet(items_path, columns=["item_id", "category"])
+    users = pd.read_parquet(users_path) if users_path else None
     as_of = pd.Timestamp(data_end)
-    lists = build_lists(events, items, as_of, k, recent_days)
+    lists = build_lists(events, items, as_of, k, recent_days, users)
     popularity = pop.popularity(events, as_of).rename("popularity").rename_axis("item_id")
     out = lake.partition("item_stats", day, lake_root)
     with lake.atomic_dir(out) as tmp:

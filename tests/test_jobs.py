@@ -1,0 +1,190 @@
+"""Batch steps on real Postgres: extract, item statistics, publish checks and switch."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import db
+from jobs import extract, publish
+from jobs.item_stats import build_lists
+from models import popularity as pop
+from models.confidence import aggregate_pairs, sublinear
+
+DAY = dt.date(2026, 3, 10)
+
+
+def _load_events(dsn: str) -> None:
+    with db.transaction(dsn) as cur:
+        cur.execute("SELECT recs_ensure_interaction_partitions(%s, %s)",
+                    (DAY - dt.timedelta(days=3), DAY + dt.timedelta(days=2)))
+        cur.execute("INSERT INTO items (item_id, title, category) VALUES "
+                    "(1, 'One', 'a'), (2, 'Two', 'a'), (3, 'Three', 'b')")
+        cur.execute("INSERT INTO users (user_id, country) VALUES (10, 'US'), (11, 'FR')")
+        rows = [(1, 10, 1, "view", None, "2026-03-08T10:00:00Z"),
+                (2, 10, 2, "rating", 4.0, "2026-03-09T10:00:00Z"),
+                (3, 11, 1, "click", None, "2026-03-10T23:59:59Z"),
+                (4, 11, 3, "purchase", None, "2026-03-11T00:00:00Z")]  # after the day
+        cur.executemany('INSERT INTO interactions (event_id, user_id, item_id, event_type, '
+                        'rating, "timestamp") VALUES (%s, %s, %s, %s, %s, %s)', rows)
+
+
+def test_extract_takes_the_window_of_the_day_and_is_idempotent(settings):
+    _load_events(settings.dsn)
+    first = extract.run(DAY)
+    events = pd.read_parquet(first["events"])
+    assert list(events["event_id"]) == [1, 2, 3]  # ordered by user, item, time
+    assert first["data_until"].startswith("2026-03-10T23:59:59")
+    again = extract.run(DAY)
+    assert pd.read_parquet(again["events"]).equals(events)
+    assert set(pd.read_parquet(first["users"])["country"]) == {"US", "FR"}
+    # Partitions are created a week ahead.
+    with db.transaction(settings.dsn) as cur:
+        cur.execute("SELECT to_regclass('interactions_p20260317') IS NOT NULL")
+        assert cur.fetchone()[0]
+
+
+def test_pair_weights_follow_type_and_rating_and_grow_sublinearly():
+    events = pd.DataFrame({"user_id": [1, 1, 1, 2], "item_id": [5, 5, 6, 5],
+                           "event_type": ["view", "purchase", "rating", "click"],
+                           "rating": [None, None, 2.5, None],
+                           "timestamp": pd.to_datetime([1, 2, 3, 4], unit="s", utc=True)})
+    pairs = aggregate_pairs(events).set_index(["user_id", "item_id"])["weight"]
+    assert pairs[(1, 5)] == pytest.approx(1 + np.log(2.0 + 4.0))  # view 2 + purchase 4
+    assert pairs[(1, 6)] == pytest.approx(0.5)  # rating 2.5 of 5
+    assert pairs[(2, 5)] == pytest.approx(1.0)
+    assert list(sublinear(np.array([0.2, 1.0, np.e]))) == pytest.approx([0.2, 1.0, 2.0])
+
+
+def test_popularity_decays_and_trending_rewards_growth():
+    as_of = pd.Timestamp("2026-03-31", tz="UTC")
+    ts = pd.to_datetime(["2026-03-30", "2026-03-30", "2026-03-30", "2026-02-20",
+                         "2026-02-21", "2026-02-22", "2026-02-23"], utc=True)
+    events = pd.DataFrame({"user_id": range(7), "item_id": [1, 1, 1, 2, 2, 2, 2],
+                           "timestamp": ts})
+    popular = pop.popularity(events, as_of, half_life_days=30)
+    assert popular.index[0] == 1  # three recent beat four old
+    assert popular[2] == pytest.approx(sum(0.5 ** (d / 30) for d in (39, 38, 37, 36)))
+    trend = pop.trending(events, as_of, recent_days=7, baseline_days=28)
+    assert list(trend.index) == [1]
+
+
+def test_lists_cover_categories_and_countries():
+    events = pd.DataFrame({"user_id": np.repeat(np.arange(12), 2),
+                           "item_id": np.tile([1, 2], 12),
+                           "timestamp": pd.Timestamp("2026-03-01", tz="UTC")})
+    items = pd.DataFrame({"item_id": [1, 2], "category": ["a", "b"]})
+    users = pd.DataFrame({"user_id": range(12), "country": ["US"] * 6 + ["FR"] * 3 + [None] * 3})
+    lists = build_lists(events, items, pd.Timestamp("2026-03-02", tz="UTC"), 10, 7, users)
+    names = set(lists["list_name"])
+    assert names == {"popular", "trending", "trending:category:a", "trending:category:b",
+                     "trending:country:US"}  # FR has fewer than 5 users
+    assert set(lists.loc[lists.list_name == "trending:country:US", "reason"]) == {
+        "Popular in US"}
+
+
+def _frames(users=(10, 11), items=((1, 2), (3, 1))):
+    recs = pd.DataFrame({"user_id": list(users),
+                         "items": [np.array(i, dtype="int64") for i in items],
+                         "scores": [np.array([0.9, 0.8][:len(i)], dtype="float32")
+                                    for i in items],
+                         "reasons": [["Because you watched X"] * len(i) for i in items],
+                         "reason_item_ids": [np.array([7] * len(i), dtype="int64")
+                                             for i in items],
+                         "history_tail": [np.array([7], dtype="int64")] * len(users)})
+    sims = pd.DataFrame({"item_id": [1, 2], "items": [np.array([2]), np.array([1])],
+                         "scores": [np.array([0.5], dtype="float32")] * 2,
+                         "reasons": [["Similar to One"], ["Similar to Two"]]})
+    pairs = pd.DataFrame({"user_id": [10, 11], "item_id": [7, 7]})
+    return recs, sims, pairs
+
+
+def test_validate_rejects_duplicates_consumed_items_and_low_coverage():
+    recs, sims, pairs = _frames()
+    assert publish.validate(recs, sims, pairs)["coverage"] == 1.0
+    dup, _, _ = _frames(items=((1, 1), (3, 1)))
+    with pytest.raises(publish.PublishError, match="duplicate"):
+        publish.validate(dup, sims, pairs)
+    leaked, _, _ = _frames(items=((1, 7), (3, 1)))
+    with pytest.raises(publish.PublishError, match="consumed"):
+        publish.validate(leaked, sims, pairs)
+    with pytest.raises(publish.PublishError, match="coverage"):
+        publish.validate(recs.iloc[:1], sims, pairs)
+
+
+def _stage(tmp_path, version: str, dsn: str, items=((1, 2), (3, 1))):
+    recs, sims, pairs = _frames(items=items)
+    d = tmp_path / version
+    d.mkdir()
+    recs.to_parquet(d / "recs.parquet")
+    sims.to_parquet(d / "sims.parquet")
+    pairs.to_parquet(d / "pairs.parquet")
+    pd.DataFrame({"list_name": ["popular", "popular"], "rank": [1, 2], "item_id": [1, 2],
+                  "score": [2.0, 1.0], "reason": ["Popular right now"] * 2}
+                 ).to_parquet(d / "trending.parquet")
+    pd.DataFrame({"item_id": [1, 2], "popularity": [2.0, 1.0]}).to_parquet(d / "pop.parquet")
+    with db.transaction(dsn) as cur:
+        cur.execute("INSERT INTO model_runs (model_version, status, metrics) VALUES "
+                    "(%s, 'evaluated', %s) ON CONFLICT (model_version) DO NOTHING",
+                    (version, json.dumps({})))
+    return dict(lists={"recommendations": str(d / "recs.parquet"),
+                       "similar": str(d / "sims.parquet")},
+                trending_path=str(d / "trending.parquet"),
+                popularity_path=str(d / "pop.parquet"), pairs_path=str(d / "pairs.parquet"))
+
+
+def _partitions(dsn: str, table: str) -> list[str]:
+    with db.transaction(dsn) as cur:
+        cur.execute("""SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i
+                       JOIN pg_class c ON c.oid = i.inhrelid
+                       WHERE i.inhparent = %s::regclass ORDER BY 1""", (table,))
+        return [r[0] for r in cur.fetchall()]
+
+
+def test_publish_switches_keeps_the_previous_version_and_retires_older(settings, tmp_path):
+    dsn = settings.dsn
+    with db.transaction(dsn) as cur:
+        cur.execute("INSERT INTO items (item_id, title) VALUES (1, 'One'), (2, 'Two')")
+    for v in ("v1", "v2"):
+        publish.run(v, dsn=dsn, lake_root=tmp_path / "lake", **_stage(tmp_path, v, dsn))
+    with db.transaction(dsn) as cur:
+        cur.execute("SELECT live_version, previous_version FROM serving_state")
+        assert cur.fetchone() == ("v2", "v1")
+        cur.execute("SELECT user_id, item_id, rank, reason FROM live_recommendations "
+                    "ORDER BY user_id, rank")
+        assert cur.fetchall() == [(10, 1, 1, "Because you watched X"),
+                                  (10, 2, 2, "Because you watched X"),
+                                  (11, 3, 1, "Because you watched X"),
+                                  (11, 1, 2, "Because you watched X")]
+        cur.execute("SELECT popularity FROM items ORDER BY item_id")
+        assert [r[0] for r in cur.fetchall()] == [2.0, 1.0]
+    # Re-publishing the live version replaces its partitions in place.
+    publish.run("v2", dsn=dsn, lake_root=tmp_path / "lake",
+                **_stage(tmp_path, "v2b", dsn, items=((2, 1), (1, 3))) | {})
+    assert _partitions(dsn, "recommendations").count("FOR VALUES IN ('v2')") == 1
+    publish.run("v3", dsn=dsn, lake_root=tmp_path / "lake", **_stage(tmp_path, "v3", dsn))
+    assert _partitions(dsn, "recommendations") == ["FOR VALUES IN ('v2')",
+                                                   "FOR VALUES IN ('v3')"]
+    with db.transaction(dsn) as cur:
+        cur.execute("SELECT model_version, status FROM model_runs ORDER BY 1")
+        assert cur.fetchall() == [("v1", "retired"), ("v2", "published"), ("v2b", "evaluated"),
+                                  ("v3", "published")]
+    snapshot = json.loads((tmp_path / "lake" / "serving" / "popular.json").read_text())
+    assert snapshot["model_version"] == "v3" and snapshot["items"][0]["item_id"] == 1
+
+
+def test_publish_refuses_a_version_that_did_not_pass_the_gate(settings, tmp_path):
+    args = _stage(tmp_path, "v9", settings.dsn)
+    with db.transaction(settings.dsn) as cur:
+        cur.execute("UPDATE model_runs SET status = 'rejected' WHERE model_version = 'v9'")
+    with pytest.raises(publish.PublishError, match="rejected"):
+        publish.run("v9", dsn=settings.dsn, lake_root=tmp_path / "lake", **args)
+    with db.transaction(settings.dsn) as cur:
+        cur.execute("SELECT live_version FROM serving_state")
+        assert cur.fetchone()[0] is None
+        cur.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'recommendations_v9%'")
+        assert cur.fetchone()[0] == 0
