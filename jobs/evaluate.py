@@ -63,8 +63,12 @@ def popularity_predictions(train: pd.DataFrame, test_users: np.ndarray,
 
 def compare(factors: Factors, train: pd.DataFrame, test: pd.DataFrame, n_catalog: int,
             k: int = K, exact_max: int = 50_000) -> dict[str, dict[str, float]]:
-    """Metrics of ALS and of popularity on the same split."""
-    test_users = np.unique(test["user_id"].to_numpy())
+    """Metrics of ALS and of popularity on the same split and the same users.
+
+    Both are scored on the test users that have training interactions: ALS has no vector
+    for the others, and comparing models on different users would compare the users.
+    """
+    test_users = np.intersect1d(test["user_id"].to_numpy(), train["user_id"].to_numpy())
     als = als_predictions(factors, train, test_users, k, exact_max)
     popular = popularity_predictions(train, test_users, k)
     truth = test[["user_id", "item_id"]]
