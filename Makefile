@@ -29,6 +29,9 @@ demo: pipeline    ## pipeline, then the reader on 127.0.0.1:8000 and curl comman
 serve: db-up      ## the reader in the foreground (gunicorn)
 	@$(RECS) serve
 
+airflow: db-up    ## Airflow UI (standalone) with the project's DAGs; prints URL and login
+	@$(RECS) airflow-ui
+
 stop: setup       ## stop a reader started by `make demo`
 	@$(RECS) stop
 

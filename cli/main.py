@@ -250,6 +250,13 @@ def cmd_airflow(args, s) -> int:
     return airflow(s, *args.args, check=False).returncode
 
 
+def cmd_airflow_ui(args, s) -> int:
+    from cli import airflow_ui
+
+    airflow_db_ready(s)
+    return airflow_ui.serve(s, port=args.port, host=args.host) or 0
+
+
 # --- serving --------------------------------------------------------------------------
 
 def _pidfile(s) -> Path:
@@ -401,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     af = sub.add_parser("airflow", help="run an airflow command with the project's settings")
     af.add_argument("args", nargs=argparse.REMAINDER)
     af.set_defaults(func=cmd_airflow)
+
+    ui = sub.add_parser("airflow-ui", help="start Airflow (standalone) with the project's "
+                        "DAGs; prints the URL and how to log in")
+    ui.add_argument("--port", type=int, default=8080)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.set_defaults(func=cmd_airflow_ui)
     return p
 
 

@@ -50,6 +50,12 @@ class Settings:
     holdout_fraction: float = 0.25
     gate_margin: float = 0.0
     keep_versions: int = 2
+    # Freshness (nearline and hourly DAGs).
+    nearline_every_minutes: int = 5
+    new_item_days: int = 14
+    new_item_active_days: int = 7
+    new_item_max_users: int = 100_000
+    new_item_slot: int = 5
     # Reader.
     serve_limit_default: int = 20
     serve_limit_max: int = 100
@@ -110,6 +116,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     "ann_recall_floor": (0.0, 1.0),
     "holdout_fraction": (0.01, 0.99),
     "keep_versions": (1, 100),
+    "nearline_every_minutes": (1, 1440),
+    "new_item_days": (1, 3650),
+    "new_item_active_days": (1, 3650),
+    "new_item_max_users": (1, 10**9),
+    "new_item_slot": (1, 1000),
     "serve_limit_default": (1, 100),
     "serve_limit_max": (1, 1000),
     "statement_timeout_ms": (1, 600_000),

@@ -82,9 +82,13 @@ def train(spark, pairs: pd.DataFrame, params: AlsParams) -> Factors:
     # Without checkpoints the lineage of 15+ iterations overflows the JVM stack when
     # tasks are serialised; checkpoint every few iterations into a scratch folder.
     if not spark.sparkContext.getCheckpointDir():
+        import atexit
+        import shutil
         import tempfile
 
-        spark.sparkContext.setCheckpointDir(tempfile.mkdtemp(prefix="recs-als-ckpt-"))
+        ckpt = tempfile.mkdtemp(prefix="recs-als-ckpt-")
+        atexit.register(shutil.rmtree, ckpt, ignore_errors=True)
+        spark.sparkContext.setCheckpointDir(ckpt)
     # More partitions than cores gives no speed here and costs shuffle overhead.
     n_blocks = max(1, min(4, spark.sparkContext.defaultParallelism))
     als = ALS(rank=params.rank, maxIter=params.iters, regParam=params.reg,

@@ -45,6 +45,19 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libblas.so.3'; then
   fi
 fi
 
+# Headless Chromium for the browser test of the Airflow UI (Debian's package; Playwright
+# drives it at /usr/bin/chromium and never downloads a browser of its own).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ "${RECS_INSTALL_CHROMIUM:-1}" = 1 ]; then
+    echo "setup: installing chromium (browser test of the Airflow UI)"
+    (apt-get install -y -qq chromium >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }) ||
+      echo "setup: could not install chromium; the browser test will skip" >&2
+  else
+    echo "setup: note: no /usr/bin/chromium; the browser test skips (apt-get install chromium)" >&2
+  fi
+fi
+
 stamp=.venv/.installed
 want=$(cat requirements.txt requirements-dev.txt constraints.txt pyproject.toml | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

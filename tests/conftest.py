@@ -31,6 +31,7 @@ def pytest_configure(config):
         ("slow", "takes more than a few seconds"),
         ("integration", "runs several real components together over HTTP"),
         ("faults", "stops and starts a Postgres instance"),
+        ("browser", "drives headless Chromium (Debian's /usr/bin/chromium)"),
     ]:
         config.addinivalue_line("markers", f"{name}: {text}")
 

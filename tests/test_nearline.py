@@ -1,0 +1,295 @@
+"""Nearline against a real Postgres and a really published version.
+
+The live version is built by the daily pipeline's own functions (extract, prepare,
+item_stats, build_index, precompute, evaluate, publish) on small synthetic data, with the
+numpy reference ALS (models/als.py, tested against Spark in test_als.py) in place of the
+Spark job so that no JVM starts. Events are then inserted the way the reader inserts
+them, and jobs/nearline.py is called directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg2
+import pytest
+
+from core import settings as settings_mod
+
+DAY = dt.date(2026, 10, 31)  # the synthetic data's newest day
+
+
+def train_numpy(pairs: dict) -> None:
+    """Write ALS factors as jobs/train_als.py does, trained by the numpy reference."""
+    from jobs.train_als import Factors, save_factors
+    from models.als import fit
+
+    s = settings_mod.get()
+    for name, path in (("full", pairs["full"]), ("eval", pairs["train"])):
+        frame = pd.read_parquet(path)
+        users, u = np.unique(frame["user_id"].to_numpy(), return_inverse=True)
+        items, i = np.unique(frame["item_id"].to_numpy(), return_inverse=True)
+        matrix = np.zeros((len(users), len(items)))
+        matrix[u, i] = frame["weight"].to_numpy()
+        uf, itf = fit(matrix, s.als_rank, s.als_reg, s.als_alpha, iters=8, seed=s.seed)
+        save_factors(Factors(users, uf.astype("float32"), items, itf.astype("float32")),
+                     Path(pairs["als_dir"]) / name)
+
+
+def build_live_version(dsn: str, *, users: int = 120, items: int = 80,
+                       events: int = 6000) -> dict:
+    """Load synthetic data and publish the daily version of DAY; return its details."""
+    from jobs import daily
+    from jobs.ingest.load import load_synthetic
+    from jobs.ingest.synthetic import SyntheticConfig
+
+    load_synthetic(SyntheticConfig(n_users=users, n_items=items, n_events=events,
+                                   n_days=20), dsn=dsn)
+    ex = daily.extract(DAY)
+    pairs = daily.prepare(DAY, ex)
+    train_numpy(pairs)
+    stats = daily.item_stats(DAY, ex)
+    index = daily.build_index(DAY, pairs)
+    lists = daily.precompute(DAY, pairs, ex, index)
+    result = daily.evaluate(DAY, pairs, ex, index, lists, stats)
+    assert result["passed"], result
+    daily.publish(result, pairs, lists, stats)
+    return {"version": result["version"], "pairs": pairs, "index": index}
+
+
+def make_live(dsn, tmp_path, monkeypatch):
+    """Settings on a fresh database with a published version (no Spark); a generator for
+    the ``live`` fixtures of this module and of test_hourly/test_freshness_dags."""
+    for key, value in {"RECS_DATABASE_URL": dsn, "RECS_HOME": str(tmp_path / "home"),
+                       "RECS_ALS_RANK": "8", "RECS_ALS_REG": "0.1", "RECS_TOP_K": "20",
+                       "RECS_SIMILAR_K": "10", "RECS_GATE_MARGIN": "-1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(settings_mod, "_cached", None)
+    info = build_live_version(dsn)
+    yield {**info, "dsn": dsn}
+    settings_mod._cached = None
+
+
+@pytest.fixture
+def live(dsn, tmp_path, monkeypatch):
+    yield from make_live(dsn, tmp_path, monkeypatch)
+
+
+def sql(dsn: str, query: str, params=()):
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(query, params)
+        return cur.fetchall() if cur.description else None
+
+
+def post_events(dsn: str, events: list[tuple[int, int, str]],
+                ts: dt.datetime | None = None) -> None:
+    """Insert events as the reader does (ingested_at from the database clock)."""
+    ts = ts or dt.datetime.now(dt.UTC)
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT recs_ensure_interaction_partitions(%s, %s)", (ts.date(), ts.date()))
+        for user, item, kind in events:
+            cur.execute('INSERT INTO interactions (event_id, user_id, item_id, event_type, '
+                        '"timestamp") VALUES (nextval(\'interactions_event_id_seq\') + '
+                        '1000000000, %s, %s, %s, %s)', (user, item, kind, ts))
+
+
+def user_row(dsn: str, version: str, user: int):
+    rows = sql(dsn, "SELECT items, reasons, computed_at FROM recommendations "
+                    "WHERE model_version = %s AND user_id = %s", (version, user))
+    return rows[0] if rows else None
+
+
+def watermark(dsn: str):
+    rows = sql(dsn, "SELECT value, model_version, details FROM pipeline_watermarks "
+                    "WHERE name = 'nearline'")
+    return rows[0] if rows else None
+
+
+def other_category_items(dsn: str, user: int, n: int) -> list[int]:
+    """Items of the category the user engaged with least, none consumed by the user."""
+    rows = sql(dsn, """
+        SELECT i.item_id FROM items i
+        WHERE i.item_id NOT IN (SELECT item_id FROM interactions WHERE user_id = %s)
+          AND i.category = (SELECT c.category FROM items c
+                            LEFT JOIN interactions e ON e.item_id = c.item_id
+                                                    AND e.user_id = %s
+                            GROUP BY c.category ORDER BY count(e.item_id), c.category
+                            LIMIT 1)
+        ORDER BY i.item_id LIMIT %s""", (user, user, n))
+    return [r[0] for r in rows]
+
+
+def test_first_run_sets_the_watermark_and_changes_nothing(live):
+    from jobs import nearline
+
+    before = sql(live["dsn"], "SELECT user_id, items FROM recommendations ORDER BY user_id")
+    out = nearline.run(dsn=live["dsn"])
+    assert out["version"] == live["version"] and out["version_catch_up"] is True
+    assert out["users_changed"] == 0  # no event after the version's data
+    assert sql(live["dsn"], "SELECT user_id, items FROM recommendations "
+                            "ORDER BY user_id") == before
+    value, version, details = watermark(live["dsn"])
+    assert version == live["version"] and details["users_changed"] == 0
+    assert value.isoformat() == out["to"]
+
+
+def test_new_events_fold_the_user_in_and_replace_the_list(live):
+    from jobs import nearline
+    from jobs.build_index import load_index
+    from jobs.train_als import load_factors
+    from models.als import solve_users
+    from models.confidence import aggregate_pairs
+
+    dsn, version = live["dsn"], live["version"]
+    nearline.run(dsn=dsn)
+    user, other = sql(dsn, "SELECT user_id FROM recommendations ORDER BY user_id LIMIT 2")
+    user, other = user[0], other[0]
+    old_items, _, _ = user_row(dsn, version, user)
+    other_before = user_row(dsn, version, other)
+    fresh = other_category_items(dsn, user, 4)
+    post_events(dsn, [(user, i, "purchase") for i in fresh])
+
+    out = nearline.run(dsn=dsn)
+    assert out["users_changed"] == 1 and out["users_updated"] == 1
+    items, reasons, _ = user_row(dsn, version, user)
+    assert items != old_items
+    assert not set(fresh) & set(items)  # consumed items never come back
+    assert all(r.startswith("Because you watched ") for r in reasons)
+    assert user_row(dsn, version, other) == other_before  # untouched
+
+    # Reference: the solve on all the user's events, then exact top-k without consumed.
+    events = pd.DataFrame(sql(dsn, 'SELECT user_id, item_id, event_type, rating, "timestamp" '
+                                   "FROM interactions WHERE user_id = %s "
+                                   'ORDER BY user_id, item_id, "timestamp", event_id',
+                              (user,)),
+                          columns=["user_id", "item_id", "event_type", "rating", "timestamp"])
+    pairs = aggregate_pairs(events)
+    factors = load_factors(Path(live["pairs"]["als_dir"]) / "full")
+    pos = {int(i): r for r, i in enumerate(factors.item_ids)}
+    rows = np.array([pos[i] for i in pairs["item_id"] if i in pos])
+    weights = np.array([w for i, w in zip(pairs["item_id"], pairs["weight"], strict=True)
+                        if i in pos])
+    s = settings_mod.get()
+    want_vec = solve_users(factors.item_factors, [rows], [weights], s.als_reg, s.als_alpha)[0]
+    stored = sql(dsn, "SELECT vector FROM embeddings WHERE entity_type = 'user' "
+                      "AND entity_id = %s AND model_ver = %s", (user, f"als:{version}"))
+    np.testing.assert_allclose(stored[0][0], want_vec, rtol=1e-4, atol=1e-5)
+    scores = factors.item_factors @ want_vec.astype("float32")
+    scores[rows] = -np.inf
+    want = factors.item_ids[np.argsort(-scores, kind="stable")[:len(items)]]
+    assert items[:5] == [int(i) for i in want[:5]]
+    assert load_index(Path(live["index"]["dir"]) / "items_ip.faiss").ntotal == len(pos)
+
+
+def test_each_event_is_processed_exactly_once(live):
+    from jobs import nearline
+
+    dsn = live["dsn"]
+    nearline.run(dsn=dsn)
+    users = [r[0] for r in sql(dsn, "SELECT user_id FROM recommendations "
+                                    "ORDER BY user_id LIMIT 3")]
+    post_events(dsn, [(users[0], 1, "click"), (users[1], 2, "view")])
+    first = nearline.run(dsn=dsn)
+    assert first["users_changed"] == 2
+    again = nearline.run(dsn=dsn)
+    assert again["users_changed"] == 0 and again["from"] == first["to"]
+    post_events(dsn, [(users[2], 3, "click")])
+    third = nearline.run(dsn=dsn)
+    assert third["users_changed"] == 1 and third["from"] == again["to"]
+
+
+def test_an_event_in_an_open_transaction_is_not_missed(live):
+    """The watermark stops before the oldest writing transaction, so an event whose
+    transaction commits after the run is read by the next run."""
+    from jobs import nearline
+
+    dsn = live["dsn"]
+    nearline.run(dsn=dsn)
+    user = sql(dsn, "SELECT min(user_id) FROM recommendations")[0][0]
+    post_events(dsn, [])  # the day's partition
+    slow = psycopg2.connect(dsn)
+    try:
+        with slow.cursor() as cur:
+            cur.execute('INSERT INTO interactions (event_id, user_id, item_id, event_type, '
+                        '"timestamp") VALUES (2000000001, %s, 5, \'view\', now())', (user,))
+        post_events(dsn, [(user + 1, 6, "view")])  # committed, but after the open one
+        out = nearline.run(dsn=dsn)
+        assert out["users_changed"] == 0  # both wait: the cut is before the open transaction
+        slow.commit()
+    finally:
+        slow.close()
+    out = nearline.run(dsn=dsn)
+    assert out["users_changed"] == 2
+
+
+def test_a_failed_run_leaves_old_lists_and_watermark(live, monkeypatch):
+    from jobs import nearline
+
+    dsn, version = live["dsn"], live["version"]
+    nearline.run(dsn=dsn)
+    user = sql(dsn, "SELECT min(user_id) FROM recommendations")[0][0]
+    before_row, before_wm = user_row(dsn, version, user), watermark(dsn)
+    post_events(dsn, [(user, i, "purchase") for i in other_category_items(dsn, user, 3)])
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(nearline, "_upsert_user_vectors", boom)  # after the lists were written
+        with pytest.raises(RuntimeError, match="disk full"):
+            nearline.run(dsn=dsn)
+    assert user_row(dsn, version, user) == before_row
+    assert watermark(dsn) == before_wm
+    out = nearline.run(dsn=dsn)  # the next run reads the same events
+    assert out["users_changed"] == 1 and out["users_updated"] == 1
+    assert user_row(dsn, version, user)[0] != before_row[0]
+
+
+def test_a_new_version_catches_up_users_its_lists_have_not_seen(live):
+    from jobs import nearline
+
+    dsn = live["dsn"]
+    nearline.run(dsn=dsn)
+    users = [r[0] for r in sql(dsn, "SELECT user_id FROM recommendations "
+                                    "ORDER BY user_id LIMIT 2")]
+    post_events(dsn, [(users[0], 1, "click"), (users[1], 2, "click")])
+    assert nearline.run(dsn=dsn)["users_changed"] == 2
+    # As if a daily publish had switched versions: its lists lack those events.
+    sql(dsn, "UPDATE pipeline_watermarks SET model_version = 'v-older' "
+             "WHERE name = 'nearline'")
+    out = nearline.run(dsn=dsn)
+    assert out["version_catch_up"] is True and out["users_changed"] == 2
+
+
+def test_new_in_slots_survive_a_nearline_rewrite(live):
+    from jobs import nearline
+
+    dsn, version = live["dsn"], live["version"]
+    nearline.run(dsn=dsn)
+    user = sql(dsn, "SELECT min(user_id) FROM recommendations")[0][0]
+    items, _, _ = user_row(dsn, version, user)
+    new_item = 999_001
+    sql(dsn, "INSERT INTO items (item_id, title, category) VALUES (%s, 'Brand New', 'drama')",
+        (new_item,))
+    sql(dsn, """UPDATE recommendations SET items[5] = %s, reasons[5] = 'New in drama',
+                reason_item_ids[5] = -1 WHERE model_version = %s AND user_id = %s""",
+        (new_item, version, user))
+    post_events(dsn, [(user, i, "view") for i in other_category_items(dsn, user, 2)])
+    nearline.run(dsn=dsn)
+    after, reasons, _ = user_row(dsn, version, user)
+    assert after[4] == new_item and reasons[4] == "New in drama"
+    assert len(after) == len(items)
+
+
+def test_splice_keeps_one_copy_and_the_length():
+    from jobs.nearline import splice
+
+    items, scores, reasons, rids = [1, 2, 3, 4], [4.0, 3.0, 2.0, 1.0], list("abcd"), [0] * 4
+    splice(items, scores, reasons, rids, 1, (3, 9.0, "x", -1), keep=4)
+    assert items == [1, 3, 2, 4] and scores == [4.0, 9.0, 3.0, 1.0]
+    assert reasons == ["a", "x", "b", "d"] and rids == [0, -1, 0, 0]
+    splice(items, scores, reasons, None, 10, (7, 0.5, "y", None), keep=4)
+    assert items == [1, 3, 2, 4]  # appended past the end, then cut
