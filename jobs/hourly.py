@@ -91,38 +91,14 @@ class HourlyParams:
                 raise ValueError(f"HourlyParams.{name}={getattr(self, name)}: must be >= 1")
 
 
-def params_from_settings(s=None, env=None) -> HourlyParams:
-    """The hourly parameters from the process settings.
-
-    ``new_item_days``, ``new_item_active_days``, ``new_item_max_users`` and
-    ``new_item_slot`` come from the settings when they define them, else from the
-    variables ``RECS_NEW_ITEM_DAYS`` ... (whole numbers >= 1), else the defaults above.
-    """
+def params_from_settings(s=None) -> HourlyParams:
+    """The hourly parameters from the process settings (``RECS_NEW_ITEM_*``, validated
+    when the settings load)."""
     from core import settings as settings_mod
 
     s = s or settings_mod.get()
-    env = os.environ if env is None else env
-    d = HourlyParams()
-
-    def value(field: str, default: int) -> int:
-        if hasattr(s, field):
-            return int(getattr(s, field))
-        var = f"RECS_{field.upper()}"
-        raw = env.get(var, "")
-        if raw == "":
-            return default
-        try:
-            v = int(raw)
-        except ValueError:
-            raise ValueError(f"{var}={raw!r}: expected a whole number") from None
-        if v < 1:
-            raise ValueError(f"{var}={v}: must be at least 1")
-        return v
-
-    return HourlyParams(new_days=value("new_item_days", d.new_days),
-                        active_days=value("new_item_active_days", d.active_days),
-                        max_users=value("new_item_max_users", d.max_users),
-                        slot=value("new_item_slot", d.slot),
+    return HourlyParams(new_days=s.new_item_days, active_days=s.new_item_active_days,
+                        max_users=s.new_item_max_users, slot=s.new_item_slot,
                         seed=s.seed, exact_max=s.exact_index_max_items)
 
 

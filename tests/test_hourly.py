@@ -254,8 +254,10 @@ def test_params_from_settings_and_environment():
     from core import settings as settings_mod
     from jobs.hourly import params_from_settings
 
-    s = settings_mod.load(env={}, seed=7)
-    p = params_from_settings(s, env={"RECS_NEW_ITEM_DAYS": "3", "RECS_NEW_ITEM_SLOT": "2"})
+    s = settings_mod.load(env={"RECS_NEW_ITEM_DAYS": "3", "RECS_NEW_ITEM_SLOT": "2"}, seed=7)
+    p = params_from_settings(s)
     assert (p.new_days, p.slot, p.active_days, p.seed) == (3, 2, 7, 7)
     with pytest.raises(ValueError, match="RECS_NEW_ITEM_MAX_USERS='many'"):
-        params_from_settings(s, env={"RECS_NEW_ITEM_MAX_USERS": "many"})
+        settings_mod.load(env={"RECS_NEW_ITEM_MAX_USERS": "many"})
+    with pytest.raises(ValueError, match="RECS_NEW_ITEM_SLOT=0"):
+        settings_mod.load(env={"RECS_NEW_ITEM_SLOT": "0"})
