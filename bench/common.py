@@ -26,17 +26,19 @@ def free_port() -> int:
 class Gunicorn:
     """gunicorn with the reader's configuration, serving ``app`` on a free port."""
 
-    def __init__(self, app: str, env: dict[str, str] | None = None):
+    def __init__(self, app: str, env: dict[str, str] | None = None,
+                 extra: list[str] | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **(env or {}), "RECS_SERVE_BIND": f"127.0.0.1:{self.port}"}
         self.app = app
+        self.extra = extra or []
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Gunicorn:
         self.proc = subprocess.Popen(
             [str(BIN / "gunicorn"), "-c", str(PROJECT_ROOT / "serve" / "gunicorn.conf.py"),
-             self.app], env=self.env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+             *self.extra, self.app], env=self.env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-MODULES = ["bench.pipeline_stages", "bench.publish_copy", "bench.reader_load"]
+MODULES = ["bench.pipeline_stages", "bench.publish_copy", "bench.load"]
 
 
 def main() -> None:

@@ -317,6 +317,11 @@ def cmd_stop(args, s) -> int:
     return 0
 
 
+def _has_key(cur, name: str) -> bool:
+    cur.execute("SELECT 1 FROM api_keys WHERE name = %s AND revoked_at IS NULL", (name,))
+    return cur.fetchone() is not None
+
+
 def cmd_examples(args, s) -> int:
     """Print curl commands for a real user and item of the live version."""
     from core import db
@@ -329,11 +334,18 @@ def cmd_examples(args, s) -> int:
     if row is None:
         raise CliError("no live version yet: run `recs pipeline` first")
     user, item = row
+    from serve import apikeys
+
+    with db.transaction(s.dsn) as cur:  # a fresh key for the example event
+        if _has_key(cur, "demo"):
+            apikeys.revoke(cur, "demo")
+        _, key = apikeys.create(cur, "demo", ("events",))
     base = f"http://{args.bind}/api/v1"
     print("Try:")
     print(f"  curl -s '{base}/recommendations/{user}?limit=5'")
     print(f"  curl -s '{base}/similar/{item}?limit=5'")
     print(f"  curl -s -X POST {base}/events -H 'Content-Type: application/json' "
+          f"-H 'X-API-Key: {key}' "
           f"-d '{{\"user_id\": {user}, \"item_id\": {item}, \"event_type\": \"view\", "
           f"\"timestamp\": \"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}\"}}'")
     print(f"  curl -s '{base}/recommendations/{user}?type=trending&limit=5'")
@@ -414,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=8080)
     ui.add_argument("--host", default="127.0.0.1")
     ui.set_defaults(func=cmd_airflow_ui)
+    from cli import keys
+    keys.register(sub)
     return p
 
 

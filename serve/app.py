@@ -1,37 +1,54 @@
 """The reader's app factory: ``create_app(test_config=None)``.
 
 Settings come from ``RECS_*`` variables (core.settings); ``test_config`` may carry a
-ready ``SETTINGS`` object, ``STORE_BACKOFF_S``, and any Flask setting. Each worker
+ready ``SETTINGS`` object, ``STORE_BACKOFF_S``, ``LIVE_TTL_S``, ``KEY_CACHE_S``,
+``READ_KEYS_REQUIRED``, ``EVENTS_KEY_REQUIRED``, and any Flask setting. Each worker
 process builds its own connection pool and popular list (gunicorn runs with preload off).
+
+Keys: posting events needs a key with the ``events`` scope unless
+``RECS_EVENTS_KEY_REQUIRED=false``; reads need one (any scope) when
+``RECS_READ_KEYS_REQUIRED=true``; admin endpoints always need the ``admin`` scope.
 
 Run: ``gunicorn -c serve/gunicorn.conf.py "serve.app:create_app()"``.
 """
 
 from __future__ import annotations
 
-import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app, jsonify
+from flask import Flask, Response, current_app, g, jsonify, request
 
 from core import settings as settings_mod
-from core.settings import Settings
-from serve import errors
+from core.settings import Settings, SettingsError
+from serve import auth, errors
+from serve.auth import KeyCache
 from serve.fallback import PopularCache, snapshot_path
-from serve.store import BACKOFF_S, DatabaseUnavailable, Store
+from serve.metrics import Metrics
+from serve.store import BACKOFF_S, LIVE_TTL_S, DatabaseUnavailable, Store
 
 MAX_CONTENT_LENGTH = 1024 * 1024
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass
 class Services:
-    """What the blueprints share: settings, the database store, the popular list."""
+    """What the blueprints share: settings, the database store, the popular list, keys
+    and metrics."""
 
     settings: Settings
     store: Store
     popular: PopularCache
+    keys: KeyCache
+    metrics: Metrics
+    read_keys_required: bool
+    events_key_required: bool
+
+    def require(self, scope: str):
+        """The request's API key if it grants ``scope`` (else a 401/403/503 error)."""
+        return auth.require(scope, self.keys, self.metrics)
 
 
 def services() -> Services:
@@ -39,11 +56,32 @@ def services() -> Services:
     return current_app.extensions["recs"]
 
 
+def _setting_flag(test_config: dict[str, Any], key: str, settings: Settings,
+                  default: bool) -> bool:
+    """A boolean from test_config, else the settings field (once the lead adds it), else
+    the ``RECS_<KEY>`` variable, else ``default``."""
+    var = f"RECS_{key}"
+    if key in test_config:
+        value = test_config.pop(key)
+    else:
+        value = getattr(settings, key.lower(), None)
+        if value is None:
+            value = os.environ.get(var, default)
+    try:
+        return auth.flag(value, var)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the reader app (a new pool and popular list per call)."""
     test_config = dict(test_config or {})
     settings = test_config.pop("SETTINGS", None) or settings_mod.load()
     backoff_s = float(test_config.pop("STORE_BACKOFF_S", BACKOFF_S))
+    live_ttl_s = float(test_config.pop("LIVE_TTL_S", LIVE_TTL_S))
+    key_ttl_s = float(test_config.pop("KEY_CACHE_S", auth.KEY_TTL_S))
+    read_keys = _setting_flag(test_config, "READ_KEYS_REQUIRED", settings, False)
+    events_key = _setting_flag(test_config, "EVENTS_KEY_REQUIRED", settings, True)
 
     app = Flask(__name__)
     app.config.from_mapping(MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH)
@@ -52,18 +90,41 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.compact = True
     _configure_logging(app)
 
-    store = Store(settings.dsn, settings.statement_timeout_ms, backoff_s=backoff_s)
+    store = Store(settings.dsn, settings.statement_timeout_ms, backoff_s=backoff_s,
+                  live_ttl_s=live_ttl_s)
     popular = PopularCache(store, snapshot_path(settings.lake), settings.popular_refresh_s)
     store.on_switch.append(lambda _state: popular.invalidate())
     popular.load()
-    app.extensions["recs"] = Services(settings, store, popular)
+    metrics = Metrics(os.environ.get("RECS_METRICS_DIR") or None)
+    metrics.start()
+    svc = Services(settings, store, popular, KeyCache(store, key_ttl_s), metrics, read_keys,
+                   events_key)
+    app.extensions["recs"] = svc
 
+    from serve.admin import bp as admin_bp
     from serve.events import bp as events_bp
+    from serve.openapi import document
     from serve.recommendations import bp as recommendations_bp
 
     app.register_blueprint(recommendations_bp)
     app.register_blueprint(events_bp)
+    app.register_blueprint(admin_bp)
     errors.register(app)
+
+    @app.before_request
+    def _started() -> None:
+        g.t0 = time.perf_counter()
+
+    @app.after_request
+    def _measured(resp: Response) -> Response:
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.inc("recs_http_requests_total", endpoint=rule, method=request.method,
+                    status=str(resp.status_code))
+        t0 = g.get("t0")
+        if t0 is not None:
+            metrics.observe("recs_http_request_duration_seconds", time.perf_counter() - t0,
+                            endpoint=rule)
+        return resp
 
     @app.get("/healthz")
     def healthz():
@@ -77,13 +138,28 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             return errors.error_response(503, "unavailable", f"database unavailable: {exc}")
         if state.version is None:
             return errors.error_response(503, "not_ready", "no live model version")
-        return jsonify({"status": "ready", "live_version": state.version})
+        body: dict[str, Any] = {"status": "ready", "live_version": state.version}
+        if state.degraded:
+            body["degraded"] = state.degraded
+        return jsonify(body)
+
+    @app.get("/metrics")
+    def prometheus():
+        return Response(metrics.render(), mimetype=None, content_type=PROMETHEUS_TYPE)
+
+    openapi_doc = document(settings)
+
+    @app.get("/openapi.json")
+    def openapi():
+        return jsonify(openapi_doc)
 
     return app
 
 
 def _configure_logging(app: Flask) -> None:
     """Under gunicorn, log through its error log; otherwise keep Flask's default."""
+    import logging
+
     gunicorn_logger = logging.getLogger("gunicorn.error")
     if gunicorn_logger.handlers:
         logger = logging.getLogger("serve")  # parent of app.logger ("serve.app")

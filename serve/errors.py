@@ -15,10 +15,13 @@ RETRY_AFTER_S = 1
 
 _CODES = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    422: "unprocessable",
     500: "internal",
     503: "unavailable",
 }
@@ -45,6 +48,17 @@ def bad_request(field: str | None, message: str, code: str = "invalid") -> ApiEr
 def unavailable(message: str = "database unavailable, retry later") -> ApiError:
     """A 503 with ``Retry-After``: nothing was stored."""
     return ApiError(503, "unavailable", message, None, {"Retry-After": str(RETRY_AFTER_S)})
+
+
+def unauthorized(message: str) -> ApiError:
+    """A 401: no API key, or one that is malformed, unknown or revoked."""
+    return ApiError(401, "unauthorized", message, "X-API-Key",
+                    {"WWW-Authenticate": 'Bearer realm="recs"'})
+
+
+def forbidden(message: str) -> ApiError:
+    """A 403: a valid API key without the scope the endpoint needs."""
+    return ApiError(403, "forbidden", message, "X-API-Key")
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None,

@@ -1,5 +1,6 @@
 """``POST /api/v1/events``: one event or ``{"events": [...]}``, stored all or nothing.
 
+Needs an API key with the ``events`` scope (unless ``RECS_EVENTS_KEY_REQUIRED=false``).
 The reply is 201 ``{"stored": n, "duplicates": m}`` only after the commit; events with
 an ``event_id`` are stored under a stable hash of it, so a retried batch is stored once.
 While the database is down the reply is 503 with ``Retry-After``: nothing was stored.
@@ -20,19 +21,30 @@ bp = Blueprint("events", __name__)
 
 @bp.post("/api/v1/events")
 def post_events() -> Response:
+    svc = services()
+    if svc.events_key_required:
+        svc.require("events")
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type",
                        "send the events as JSON (Content-Type: application/json)")
     try:
         body = request.get_json()
     except BadRequest:
+        svc.metrics.inc("recs_events_total", outcome="rejected")
         raise bad_request(None, "the body is not valid JSON", code="invalid_json") from None
-    events = validation.event_body(body)
+    try:
+        events = validation.event_body(body)
+    except ApiError:
+        svc.metrics.inc("recs_events_total", outcome="rejected")
+        raise
     days = {e.timestamp.date() for e in events}
     try:
-        stored = services().store.insert_events([e.row() for e in events], days)
+        stored = svc.store.insert_events([e.row() for e in events], days)
     except DatabaseUnavailable:
+        svc.metrics.inc("recs_events_total", len(events), outcome="unavailable")
         raise unavailable() from None
+    svc.metrics.inc("recs_events_total", stored, outcome="stored")
+    svc.metrics.inc("recs_events_total", len(events) - stored, outcome="duplicate")
     resp = jsonify({"stored": stored, "duplicates": len(events) - stored})
     resp.status_code = 201
     return resp

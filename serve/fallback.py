@@ -1,11 +1,16 @@
 """The in-memory popular list: top-ups, cold users, and the answer when the database is down.
 
-Loaded at start from the live version's 'popular' list and refreshed every
+Loaded at start from the served version's 'popular' list and refreshed every
 ``popular_refresh_s`` (lazily, by the first request after that, without making other
-requests wait). When the database is down at start, the snapshot the publish step writes
-to ``<lake>/serving/popular.json`` is read instead:
+requests wait). When the database is down at start, or no version has lists, the
+snapshot the publish step writes to ``<lake>/serving/popular.json`` is read instead:
 ``{"model_version": str, "items": [{"item_id": int, "score": float}, ...]}``. With
-neither, the list is empty and the reader still answers (an empty list).
+neither, the list is empty and the reader still answers (an empty list). A list once
+loaded is kept while the database has none to replace it.
+
+A list read from the database is topped up with the popular list of its own version
+(:meth:`PopularCache.for_version`), so that no answer mixes two versions while a switch
+is being noticed.
 """
 
 from __future__ import annotations
@@ -74,16 +79,22 @@ class PopularCache:
 
     def load(self) -> PopularList:
         """Load at start: from the database, else from the snapshot, else empty."""
-        if not self.refresh():
-            snap = read_snapshot(self.snapshot)
-            if snap is not None:
-                self._list = snap
-                log.info("popular list from snapshot %s (%d items)", self.snapshot,
-                         len(snap.items))
+        if not self.refresh() or self._list is EMPTY:
+            self._load_snapshot()
         return self._list
 
+    def _load_snapshot(self) -> None:
+        snap = read_snapshot(self.snapshot)
+        if snap is not None:
+            self._list = snap
+            log.info("popular list from snapshot %s (%d items)", self.snapshot,
+                     len(snap.items))
+
     def refresh(self) -> bool:
-        """Read the live 'popular' list; False (list kept) when the database fails."""
+        """Read the served version's 'popular' list; False when the database fails.
+
+        The current list is kept when the database fails or has no list to give.
+        """
         try:
             got = self.store.read_popular()
         except DatabaseUnavailable:
@@ -93,13 +104,35 @@ class PopularCache:
             log.exception("popular list refresh failed")
             self._next_refresh = self.clock() + RETRY_S
             return False
-        if got is None:
-            self._list = EMPTY
-        else:
+        if got is not None:
             version, items, scores = got
             self._list = PopularList(version, tuple(items), tuple(scores), "database")
+        elif self._list is EMPTY:
+            self._load_snapshot()
         self._next_refresh = self.clock() + self.refresh_s
         return True
+
+    def for_version(self, version: str | None) -> PopularList:
+        """The popular list of ``version``: the current one when it matches, else read
+        now (once: it becomes the current list when ``version`` is the served one)."""
+        current = self.get()
+        if version is None or current.model_version == version:
+            return current
+        try:
+            got = self.store.read_popular(version)
+        except DatabaseUnavailable:
+            return current
+        except Exception:
+            log.exception("popular list of %s unreadable", version)
+            return current
+        if got is None:
+            return PopularList(version, (), (), "database")
+        found = PopularList(got[0], tuple(got[1]), tuple(got[2]), "database")
+        state = self.store.current_state()
+        if state is not None and state.version == version:
+            self._list = found
+            self._next_refresh = self.clock() + self.refresh_s
+        return found
 
     def invalidate(self) -> None:
         """Refresh on the next request (the live version changed)."""

@@ -2,9 +2,11 @@
 
 Each request is one SQL round trip (serve/store.py) plus in-memory work: real-time
 exclusion of what the user touched since the lists were computed, "Because you watched
-X" blending of the similar items of those recent items, and top-up from the in-memory
-popular list. When the database is down or too slow, the answer comes from the in-memory
-popular list (``fallback: true``, ``source: "memory"``).
+X" blending of the similar items of those recent items (and, on a product page, of the
+page's item first), and top-up from the popular list of the same version. When the
+database is down or too slow, the answer comes from the in-memory popular list
+(``fallback: true``, ``source: "memory"``). Every fallback is counted by cause in
+``recs_fallbacks_total`` (serve/metrics.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from serve import validation
 from serve.app import services
 from serve.errors import ApiError, bad_request
 from serve.fallback import PopularList
-from serve.store import DatabaseUnavailable, ListRead, UserRead
+from serve.store import ANCHORS, DatabaseUnavailable, ListRead, UserRead
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ bp = Blueprint("recommendations", __name__)
 
 BLEND_PER_ANCHOR = 2
 WATCHED_REASON = "Because you watched {title}"
+PAGE_REASON = "Similar to {title}"
 
 Entry = dict[str, Any]
 
@@ -76,16 +79,18 @@ def top_up(entries: list[Entry], popular: PopularList, blocked: set[int], limit:
     return entries
 
 
-def blend(read: UserRead, exclude: Iterable[int], limit: int, popular: PopularList
-          ) -> list[Entry]:
+def blend(read: UserRead, exclude: Iterable[int], limit: int, popular: PopularList,
+          page_item: int | None = None) -> list[Entry]:
     """The personalized list: recent items and ``exclude`` removed, "Because you watched
-    X" items (``BLEND_PER_ANCHOR`` per recent item, newest first) at positions 1, 3, 5...,
-    then the precomputed list, then popular items when short."""
+    X" items (``BLEND_PER_ANCHOR`` per recent item, newest first; the product page's
+    item, "Similar to X", before them) at positions 1, 3, 5..., then the precomputed
+    list, then popular items when short."""
     blocked = set(exclude) | set(read.recent)
     blended: list[Entry] = []
     taken = blocked | set(read.history_tail)  # no blend re-offers a known item
     for anchor in read.anchors:
-        reason = WATCHED_REASON.format(title=anchor.title)
+        template = PAGE_REASON if anchor.item_id == page_item else WATCHED_REASON
+        reason = template.format(title=anchor.title)
         n = 0
         for item, score in zip(anchor.items, anchor.scores, strict=False):
             if n >= BLEND_PER_ANCHOR:
@@ -133,20 +138,52 @@ def _limit() -> int:
 
 def _optional_id(name: str) -> int | None:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     return validation.positive_id(raw, name)
 
 
-def _memory(blocked: set[int], limit: int, **ids: int | str | None) -> Response:
-    """The answer while the database is down or too slow."""
+def _count_fallback(cause: str | None) -> None:
+    if cause:
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        services().metrics.inc("recs_fallbacks_total", endpoint=rule, cause=cause)
+
+
+def _memory(exc: Exception, blocked: set[int], limit: int, **ids: int | str | None
+            ) -> Response:
+    """The answer while the database is down, too slow or failing."""
+    if isinstance(exc, DatabaseUnavailable):
+        cause = exc.cause
+    else:
+        cause = "database_error"
+        log.exception("database read failed; answering from memory")
+    _count_fallback(cause)
     popular = services().popular.get(refresh=False)
     return jsonify(popular_payload(popular, blocked, limit, "memory", **ids))
 
 
-def _db_failed(exc: Exception) -> None:
-    if not isinstance(exc, DatabaseUnavailable):
-        log.exception("database read failed; answering from memory")
+def _from_popular(read: UserRead | ListRead | None, blocked: set[int], limit: int,
+                  **ids: int | str | None) -> dict[str, Any]:
+    """Popular items of the served version: no version, or no list for this request."""
+    svc = services()
+    if read is None:
+        _count_fallback("no_live_version")
+        popular = svc.popular.get()
+    else:
+        _count_fallback("missing_list")
+        _count_fallback(read.degraded)
+        popular = svc.popular.for_version(read.version)
+    return popular_payload(popular, blocked, limit, "popular", **ids)
+
+
+DB_ERRORS = (DatabaseUnavailable, psycopg2.Error)
+
+
+@bp.before_request
+def _read_key() -> None:
+    svc = services()
+    if svc.read_keys_required:
+        svc.require("read")
 
 
 @bp.get("/api/v1/recommendations/<user_id>")
@@ -167,58 +204,70 @@ def recommendations(user_id: str) -> Response:
     svc = services()
     try:
         if rec_type == "personalized":
-            return jsonify(_personalized(uid, exclude, limit))
+            page_item = item_id if context == "product_page" else None
+            return jsonify(_personalized(uid, exclude, limit, page_item))
+        # Enough of the list for this response whatever it excludes (the store adds
+        # the user's recent items); the anchor is excluded too.
+        fetch = limit + len(exclude) + 1
         if rec_type == "similar":
-            read = svc.store.read_similar(item_id, user_id=uid)
+            read = svc.store.read_similar(item_id, user_id=uid, fetch=fetch)
             return jsonify(_similar(read, exclude, limit, user_id=uid))
-        read = svc.store.read_trending("trending", user_id=uid)
+        read = svc.store.read_trending("trending", user_id=uid, fetch=fetch)
         return jsonify(_trending(read, exclude, limit, user_id=uid))
-    except (DatabaseUnavailable, psycopg2.Error) as exc:
-        _db_failed(exc)
-        return _memory(exclude, limit, user_id=uid)
+    except DB_ERRORS as exc:
+        return _memory(exc, exclude, limit, user_id=uid)
 
 
-def _personalized(uid: int, exclude: set[int], limit: int) -> dict[str, Any]:
+def _personalized(uid: int, exclude: set[int], limit: int, page_item: int | None
+                  ) -> dict[str, Any]:
     svc = services()
-    read = svc.store.read_user(uid)
-    popular = svc.popular.get()
+    # What the response can use: the limit, plus every item that may be removed from
+    # the list (excluded, blended in from anchors; the store adds the recent items).
+    fetch = limit + len(exclude) + BLEND_PER_ANCHOR * (ANCHORS + 1)
+    read = svc.store.read_user(uid, page_item=page_item, fetch=fetch)
     if read is None or read.items is None:
         blocked = exclude | set(read.recent if read else ())
-        return popular_payload(popular, blocked, limit, "popular", user_id=uid)
-    entries = blend(read, exclude, limit, popular)
-    return payload(entries, fallback=False, source="precomputed", model_version=read.version,
-                   user_id=uid)
+        return _from_popular(read, blocked, limit, user_id=uid)
+    _count_fallback(read.degraded)
+    entries = blend(read, exclude, limit, svc.popular.for_version(read.version), page_item)
+    return payload(entries, fallback=read.degraded is not None, source="precomputed",
+                   model_version=read.version, user_id=uid)
 
 
 def _similar(read: ListRead | None, exclude: set[int], limit: int,
              **ids: int | str | None) -> dict[str, Any]:
-    popular = services().popular.get()
     blocked = set(exclude)
     if read is not None:
         blocked.update(read.recent)
         if read.anchor_id is not None:
             blocked.add(read.anchor_id)
     if read is None or read.items is None:
-        return popular_payload(popular, blocked, limit, "popular", **ids)
+        return _from_popular(read, blocked, limit, **ids)
+    _count_fallback(read.degraded)
     entries = from_list(read.items, read.scores, read.reasons, None, read.version, blocked,
                         default_reason=f"Similar to {read.anchor_title or read.anchor_id}",
                         default_reason_item=read.anchor_id)
-    return payload(top_up(entries, popular, blocked, limit), fallback=False, source="similar",
-                   model_version=read.version, **ids)
+    popular = services().popular.for_version(read.version)
+    return payload(top_up(entries, popular, blocked, limit), fallback=read.degraded is not None,
+                   source="similar", model_version=read.version, **ids)
 
 
 def _trending(read: ListRead | None, exclude: set[int], limit: int,
               **ids: int | str | None) -> dict[str, Any]:
-    popular = services().popular.get()
     blocked = set(exclude)
     if read is not None:
         blocked.update(read.recent)
     if read is None or read.items is None:
-        return popular_payload(popular, blocked, limit, "popular", **ids)
+        return _from_popular(read, blocked, limit, **ids)
+    _count_fallback(read.degraded)
     entries = from_list(read.items, read.scores, read.reasons, None, read.version, blocked,
                         default_reason="Trending now")
-    return payload(top_up(entries, popular, blocked, limit), fallback=False, source="trending",
-                   model_version=read.version, **ids)
+    if read.fill_items and len(entries) < limit:
+        entries += from_list(read.fill_items, read.fill_scores or [], read.fill_reasons or [],
+                             None, read.version, blocked, default_reason="Trending now")
+    popular = services().popular.for_version(read.version)
+    return payload(top_up(entries, popular, blocked, limit), fallback=read.degraded is not None,
+                   source="trending", model_version=read.version, **ids)
 
 
 @bp.get("/api/v1/similar/<item_id>")
@@ -226,23 +275,33 @@ def similar(item_id: str) -> Response:
     iid = validation.positive_id(item_id, "item_id")
     limit = _limit()
     try:
-        read = services().store.read_similar(iid)
+        read = services().store.read_similar(iid, fetch=limit + 1)
         if read is not None and read.items is None and not read.anchor_known:
             raise ApiError(404, "not_found", f"item {iid} is unknown", "item_id")
         return jsonify(_similar(read, {iid}, limit, item_id=iid))
-    except (DatabaseUnavailable, psycopg2.Error) as exc:
-        _db_failed(exc)
-        return _memory({iid}, limit, item_id=iid)
+    except DB_ERRORS as exc:
+        return _memory(exc, {iid}, limit, item_id=iid)
 
 
 @bp.get("/api/v1/trending")
 def trending() -> Response:
+    """``trending``; ``trending:category:<c>``; ``trending:country:<CC>``; or, with both,
+    the country's list kept to the category's items and filled from the category's."""
     limit = _limit()
     category = validation.category(request.args.get("category"))
-    list_name = f"trending:category:{category}" if category else "trending"
+    country = validation.country(request.args.get("country"))
+    ids = {"category": category, "country": country}
+    store = services().store
     try:
-        read = services().store.read_trending(list_name)
-        return jsonify(_trending(read, set(), limit, category=category))
-    except (DatabaseUnavailable, psycopg2.Error) as exc:
-        _db_failed(exc)
-        return _memory(set(), limit, category=category)
+        if country and category:
+            read = store.read_trending(f"trending:country:{country}", category=category,
+                                       fill_list=f"trending:category:{category}")
+        elif country:
+            read = store.read_trending(f"trending:country:{country}", fetch=limit)
+        elif category:
+            read = store.read_trending(f"trending:category:{category}", fetch=limit)
+        else:
+            read = store.read_trending("trending", fetch=limit)
+        return jsonify(_trending(read, set(), limit, **ids))
+    except DB_ERRORS as exc:
+        return _memory(exc, set(), limit, **ids)

@@ -6,12 +6,18 @@ in autocommit mode, one statement each; an event batch runs in one transaction.
 
 When the database fails (refused, dropped, or a statement timed out), the breaker opens
 for ``backoff_s``: calls fail at once with :class:`DatabaseUnavailable` instead of
-waiting on dead connections, and the idle connections are thrown away. The first call
-after the back-off tries again, so the reader recovers by itself.
+waiting on dead connections, and the idle connections are thrown away. After the
+back-off the breaker is half open: one call (the probe) tries the database while the
+others still fail at once, so a database that is slow costs one request a statement
+timeout per back-off, not every request in flight. The probe's success closes the
+breaker: the reader recovers by itself.
 
-The live version and the time up to which it saw events are cached per process; every
-list read also returns the current ``serving_state.live_version`` so that a switch is
-noticed by the very next request (the cache is then refreshed and the read repeated).
+The served version and the time up to which it saw events are cached per process (and
+re-read every ``LIVE_TTL_S``); every list read also returns the current
+``serving_state.live_version`` so that a switch is noticed by the very next request (the
+cache is then refreshed and the read repeated). When the live version's lists are
+missing, the previous version is served (``LiveState.degraded``); with neither, reads
+find no version and the caller answers from the popular list.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,11 +38,19 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from core.db import libpq_dsn
+from serve.apikeys import LOOKUP_SQL as LOOKUP_KEY_SQL
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 2  # libpq's minimum
 BACKOFF_S = 1.0
+# How long the served version is trusted before it is read again (a switch is seen at
+# once anyway; this bounds how long lists that vanished without a switch go unnoticed).
+LIVE_TTL_S = 5.0
+# A served version other than the live one is checked again this soon.
+DEGRADED_TTL_S = 0.5
+# List reads tried against a fresh live version before answering without one.
+READ_ATTEMPTS = 3
 POOL_MAX = 8
 # How many of the user's newest items anchor "Because you watched X".
 ANCHORS = 3
@@ -50,15 +65,29 @@ _inherited: list[Any] = []
 
 
 class DatabaseUnavailable(RuntimeError):
-    """The database is down, unreachable or too slow; the breaker may be open."""
+    """The database is down, unreachable or too slow; the breaker may be open.
+
+    ``cause``: ``database_unavailable`` (refused, dropped), ``statement_timeout`` or
+    ``backing_off`` (the breaker is open after a recent failure).
+    """
+
+    def __init__(self, message: str, cause: str = "database_unavailable") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 @dataclass(frozen=True)
 class LiveState:
-    """The live version and the newest event time its lists saw."""
+    """The version served, the newest event time its lists saw, and why it is served.
+
+    ``version`` is ``live`` normally; the previous version when the live one's lists are
+    missing (``degraded == "previous_version"``); None when neither has lists.
+    """
 
     version: str | None
     data_until: dt.datetime | None
+    live: str | None = None
+    degraded: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +112,7 @@ class UserRead:
     history_tail: list[int]
     recent: list[int]  # items with events since data_until, newest first
     anchors: list[Anchor]
+    degraded: str | None = None  # "previous_version" when the live lists are missing
 
 
 @dataclass(frozen=True)
@@ -97,15 +127,25 @@ class ListRead:
     anchor_id: int | None = None
     anchor_title: str | None = None
     anchor_known: bool = False
+    # A second list that fills a filtered one (country filtered to a category).
+    fill_items: list[int] | None = None
+    fill_scores: list[float] | None = None
+    fill_reasons: list[str] | None = None
+    degraded: str | None = None
 
 
 # --- SQL ---------------------------------------------------------------------------------
 
+# A version "has lists" when its recommendations partition holds a row.
 LIVE_STATE_SQL = """
-SELECT s.live_version,
-       COALESCE(r.data_until, r.published_at, r.finished_at, r.started_at)
+SELECT s.live_version, s.previous_version,
+       EXISTS (SELECT 1 FROM recommendations r WHERE r.model_version = s.live_version),
+       EXISTS (SELECT 1 FROM recommendations r WHERE r.model_version = s.previous_version),
+       (SELECT COALESCE(m.data_until, m.published_at, m.finished_at, m.started_at)
+          FROM model_runs m WHERE m.model_version = s.live_version),
+       (SELECT COALESCE(m.data_until, m.published_at, m.finished_at, m.started_at)
+          FROM model_runs m WHERE m.model_version = s.previous_version)
 FROM serving_state s
-LEFT JOIN model_runs r ON r.model_version = s.live_version
 """
 
 # Items the user touched since the live lists were computed. ``since`` is a literal so
@@ -124,12 +164,17 @@ PERSONALIZED_SQL = f"""
 WITH {_RECENT_CTE},
 anchors AS (
     SELECT r.item_id, r.ts, COALESCE(i.title, 'item ' || r.item_id) AS title
-    FROM (SELECT item_id, ts FROM recent ORDER BY ts DESC, item_id DESC
-          LIMIT %(anchors)s) r
+    FROM (SELECT %(page_item)s::bigint AS item_id, 'infinity'::timestamptz AS ts
+          WHERE %(page_item)s::bigint IS NOT NULL
+          UNION ALL
+          (SELECT item_id, ts FROM recent
+           WHERE item_id IS DISTINCT FROM %(page_item)s::bigint
+           ORDER BY ts DESC, item_id DESC LIMIT %(anchors)s)) r
     LEFT JOIN items i ON i.item_id = r.item_id
 )
 SELECT (SELECT live_version FROM serving_state) AS live_version,
-       rec.items, rec.scores, rec.reasons, rec.reason_item_ids, rec.history_tail,
+       rec.items[1:n.fetch], rec.scores[1:n.fetch], rec.reasons[1:n.fetch],
+       rec.reason_item_ids[1:n.fetch], rec.history_tail,
        (SELECT array_agg(item_id ORDER BY ts DESC, item_id DESC) FROM recent) AS recent,
        (SELECT json_agg(json_build_object(
                    'item_id', a.item_id, 'title', a.title,
@@ -137,8 +182,10 @@ SELECT (SELECT live_version FROM serving_state) AS live_version,
                    'scores', s.scores[1:%(similar_fetch)s]) ORDER BY a.ts DESC, a.item_id DESC)
           FROM anchors a
           JOIN similar_items s ON s.model_version = %(version)s AND s.item_id = a.item_id
-       ) AS anchors
-FROM (SELECT 1) AS one
+       ) AS anchors,
+       CASE WHEN rec.user_id IS NULL THEN EXISTS (
+           SELECT 1 FROM recommendations v WHERE v.model_version = %(version)s) END AS seen
+FROM (SELECT %(fetch)s::int + (SELECT count(*) FROM recent)::int AS fetch) AS n
 LEFT JOIN recommendations rec
        ON rec.model_version = %(version)s AND rec.user_id = %(user_id)s
 """
@@ -157,9 +204,12 @@ anchor AS (
 )
 SELECT (SELECT live_version FROM serving_state) AS live_version,
        a.item_id, i.title, i.item_id IS NOT NULL,
-       s.items, s.scores, s.reasons,
-       (SELECT array_agg(item_id ORDER BY ts DESC, item_id DESC) FROM recent) AS recent
+       s.items[1:n.fetch], s.scores[1:n.fetch], s.reasons[1:n.fetch],
+       (SELECT array_agg(item_id ORDER BY ts DESC, item_id DESC) FROM recent) AS recent,
+       CASE WHEN s.item_id IS NULL THEN EXISTS (
+           SELECT 1 FROM similar_items v WHERE v.model_version = %(version)s) END AS seen
 FROM anchor a
+CROSS JOIN (SELECT %(fetch)s::int + (SELECT count(*) FROM recent)::int AS fetch) AS n
 LEFT JOIN items i ON i.item_id = a.item_id
 LEFT JOIN similar_items s ON s.model_version = %(version)s AND s.item_id = a.item_id
 """
@@ -167,7 +217,10 @@ LEFT JOIN similar_items s ON s.model_version = %(version)s AND s.item_id = a.ite
 ITEM_SIMILAR_SQL = """
 SELECT (SELECT live_version FROM serving_state) AS live_version,
        %(item_id)s::bigint, i.title, i.item_id IS NOT NULL,
-       s.items, s.scores, s.reasons, NULL::bigint[]
+       s.items[1:%(fetch)s::int], s.scores[1:%(fetch)s::int], s.reasons[1:%(fetch)s::int],
+       NULL::bigint[],
+       CASE WHEN s.item_id IS NULL THEN EXISTS (
+           SELECT 1 FROM similar_items v WHERE v.model_version = %(version)s) END AS seen
 FROM (SELECT 1) AS one
 LEFT JOIN items i ON i.item_id = %(item_id)s
 LEFT JOIN similar_items s ON s.model_version = %(version)s AND s.item_id = %(item_id)s
@@ -176,23 +229,47 @@ LEFT JOIN similar_items s ON s.model_version = %(version)s AND s.item_id = %(ite
 USER_TRENDING_SQL = f"""
 WITH {_RECENT_CTE}
 SELECT (SELECT live_version FROM serving_state) AS live_version,
-       t.items, t.scores, t.reasons,
-       (SELECT array_agg(item_id ORDER BY ts DESC, item_id DESC) FROM recent) AS recent
-FROM (SELECT 1) AS one
+       t.items[1:n.fetch], t.scores[1:n.fetch], t.reasons[1:n.fetch],
+       (SELECT array_agg(item_id ORDER BY ts DESC, item_id DESC) FROM recent) AS recent,
+       CASE WHEN t.list_name IS NULL THEN EXISTS (
+           SELECT 1 FROM trending v WHERE v.model_version = %(version)s) END AS seen
+FROM (SELECT %(fetch)s::int + (SELECT count(*) FROM recent)::int AS fetch) AS n
 LEFT JOIN trending t ON t.model_version = %(version)s AND t.list_name = %(list_name)s
 """
 
 TRENDING_SQL = """
 SELECT (SELECT live_version FROM serving_state) AS live_version,
-       t.items, t.scores, t.reasons, NULL::bigint[]
+       t.items[1:%(fetch)s::int], t.scores[1:%(fetch)s::int], t.reasons[1:%(fetch)s::int],
+       NULL::bigint[],
+       CASE WHEN t.list_name IS NULL THEN EXISTS (
+           SELECT 1 FROM trending v WHERE v.model_version = %(version)s) END AS seen
 FROM (SELECT 1) AS one
 LEFT JOIN trending t ON t.model_version = %(version)s AND t.list_name = %(list_name)s
 """
 
+# A country list filtered to a category (the items' catalog category), then the
+# category's own list to fill it. items is NULL when the country list is missing.
+TRENDING_FILTERED_SQL = """
+SELECT (SELECT live_version FROM serving_state) AS live_version,
+       CASE WHEN t.list_name IS NULL THEN NULL ELSE COALESCE(f.items, '{}') END,
+       COALESCE(f.scores, '{}'), COALESCE(f.reasons, '{}'), NULL::bigint[],
+       c.items, c.scores, c.reasons,
+       CASE WHEN t.list_name IS NULL THEN EXISTS (
+           SELECT 1 FROM trending v WHERE v.model_version = %(version)s) END AS seen
+FROM (SELECT 1) AS one
+LEFT JOIN trending t ON t.model_version = %(version)s AND t.list_name = %(list_name)s
+LEFT JOIN LATERAL (
+    SELECT array_agg(u.item ORDER BY u.pos) AS items, array_agg(u.score ORDER BY u.pos) AS scores,
+           array_agg(u.reason ORDER BY u.pos) AS reasons
+    FROM unnest(t.items, t.scores, t.reasons) WITH ORDINALITY AS u(item, score, reason, pos)
+    JOIN items i ON i.item_id = u.item
+    WHERE i.category = %(category)s
+) f ON true
+LEFT JOIN trending c ON c.model_version = %(version)s AND c.list_name = %(fill_list)s
+"""
+
 POPULAR_SQL = """
-SELECT s.live_version, t.items, t.scores
-FROM serving_state s
-JOIN trending t ON t.model_version = s.live_version AND t.list_name = 'popular'
+SELECT items, scores FROM trending WHERE model_version = %(version)s AND list_name = 'popular'
 """
 
 INSERT_EVENTS_SQL = """
@@ -210,50 +287,126 @@ ENSURE_PARTITIONS_SQL = "SELECT recs_ensure_interaction_partitions(%s, %s)"
 KNOWN_DAYS_AHEAD = 7
 
 
+# --- prepared statements ----------------------------------------------------------------
+
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A read prepared once per connection (``PREPARE``), then run with ``EXECUTE``.
+
+    Planning the reads costs more than running them (partitioned tables); connections
+    use ``plan_cache_mode=force_generic_plan``, so the plan is made once per connection
+    and partitions are pruned when it runs.
+    """
+
+    name: str
+    text: str  # with $1, $2... placeholders
+    params: tuple[str, ...]  # the name of each placeholder, in order
+
+    @property
+    def execute(self) -> str:
+        if not self.params:
+            return f"EXECUTE {self.name}"
+        return f"EXECUTE {self.name}({', '.join(['%s'] * len(self.params))})"
+
+
+def statement(name: str, sql: str) -> Statement:
+    """``sql`` with ``%(name)s`` placeholders as a Statement named ``name``."""
+    names: list[str] = []
+
+    def number(m: re.Match) -> str:
+        if m.group(1) not in names:
+            names.append(m.group(1))
+        return f"${names.index(m.group(1)) + 1}"
+
+    return Statement(name, _NAMED.sub(number, sql), tuple(names))
+
+
+class _Connection(psycopg2.extensions.connection):
+    """A connection that remembers the statements prepared on it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prepared: set[str] = set()
+
+
+LIVE_STATE = statement("recs_live_state", LIVE_STATE_SQL)
+PERSONALIZED = statement("recs_personalized", PERSONALIZED_SQL)
+USER_SIMILAR = statement("recs_user_similar", USER_SIMILAR_SQL)
+ITEM_SIMILAR = statement("recs_item_similar", ITEM_SIMILAR_SQL)
+USER_TRENDING = statement("recs_user_trending", USER_TRENDING_SQL)
+TRENDING = statement("recs_trending", TRENDING_SQL)
+TRENDING_FILTERED = statement("recs_trending_filtered", TRENDING_FILTERED_SQL)
+POPULAR = statement("recs_popular", POPULAR_SQL)
+LOOKUP_KEY = statement("recs_lookup_key", LOOKUP_KEY_SQL.replace("%s", "%(prefix)s"))
+
+
 # --- the store ---------------------------------------------------------------------------
 
 class Store:
     """Pooled, breaker-guarded access to the serving tables of one database."""
 
     def __init__(self, dsn: str, statement_timeout_ms: int, *, pool_max: int = POOL_MAX,
-                 backoff_s: float = BACKOFF_S, connect_timeout_s: int = CONNECT_TIMEOUT_S
-                 ) -> None:
+                 backoff_s: float = BACKOFF_S, connect_timeout_s: int = CONNECT_TIMEOUT_S,
+                 live_ttl_s: float = LIVE_TTL_S) -> None:
         self.dsn = libpq_dsn(dsn)
         self.statement_timeout_ms = statement_timeout_ms
         self.pool_max = pool_max
         self.backoff_s = backoff_s
         self.connect_timeout_s = connect_timeout_s
+        self.live_ttl_s = live_ttl_s
         self._idle: list[psycopg2.extensions.connection] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(pool_max)
         self._pid = os.getpid()
+        self._tripped = False
         self._down_until = 0.0
+        self._probing = False
         self._live: LiveState | None = None
+        self._live_expires = 0.0
         self._known_days: set[dt.date] = set()
-        # Called with the new LiveState when the live version is seen to change.
+        # Called with the new LiveState when the served version is seen to change.
         self.on_switch: list[Callable[[LiveState], None]] = []
 
     # -- breaker and pool --
 
     @property
     def is_down(self) -> bool:
-        """True while the breaker is open (a recent failure, back-off not over)."""
-        return time.monotonic() < self._down_until
+        """True while the breaker is open (back-off not over, or a probe in flight)."""
+        return self._tripped and (time.monotonic() < self._down_until or self._probing)
 
     def _trip(self, exc: BaseException) -> None:
-        first = not self.is_down
+        first = not self._tripped
         self._down_until = time.monotonic() + self.backoff_s
+        self._tripped = True
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
             _close_quietly(conn)
         if first:
-            log.warning("database unavailable, serving fallbacks for %.1fs: %s",
+            log.warning("database unavailable, serving fallbacks (back-off %.1fs): %s",
                         self.backoff_s, str(exc).strip().splitlines()[0] if str(exc) else exc)
 
+    def _admit(self) -> bool:
+        """Let a call through the breaker; True when the call is the half-open probe."""
+        if not self._tripped:
+            return False
+        with self._lock:
+            if self._tripped:
+                if time.monotonic() < self._down_until or self._probing:
+                    raise DatabaseUnavailable("database unavailable (backing off)",
+                                              cause="backing_off")
+                self._probing = True
+                return True
+        return False
+
     def _connect(self) -> psycopg2.extensions.connection:
-        options = f"-c statement_timeout={int(self.statement_timeout_ms)} -c jit=off"
+        options = (f"-c statement_timeout={int(self.statement_timeout_ms)} -c jit=off "
+                   "-c plan_cache_mode=force_generic_plan")
         conn = psycopg2.connect(self.dsn, connect_timeout=self.connect_timeout_s,
+                                connection_factory=_Connection,
                                 options=options, application_name="recs-serve",
                                 keepalives=1, keepalives_idle=10, keepalives_interval=2,
                                 keepalives_count=3,
@@ -289,36 +442,55 @@ class Store:
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg2.extensions.connection]:
         """A pooled autocommit connection; database failures become DatabaseUnavailable."""
-        if self.is_down:
-            raise DatabaseUnavailable("database unavailable (backing off)")
-        if not self._slots.acquire(timeout=self.connect_timeout_s):
-            raise DatabaseUnavailable("no free database connection")
-        conn = None
+        probe = self._admit()
+        failed = False
         try:
+            if not self._slots.acquire(timeout=self.connect_timeout_s):
+                raise DatabaseUnavailable("no free database connection")
+            conn = None
             try:
-                conn = self._checkout()
-                yield conn
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                if conn is not None and not isinstance(exc, psycopg2.extensions.QueryCanceledError):
-                    _close_quietly(conn)
-                self._trip(exc)
-                raise DatabaseUnavailable(str(exc).strip() or type(exc).__name__) from exc
-            except BaseException:
-                if conn is not None and not conn.autocommit:
-                    _close_quietly(conn)  # a transaction in an unknown state
-                raise
-            finally:
-                if conn is not None and not conn.closed:
-                    if conn.autocommit:
-                        self._checkin(conn)
-                    else:
+                try:
+                    conn = self._checkout()
+                    yield conn
+                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                    timeout = isinstance(exc, psycopg2.extensions.QueryCanceledError)
+                    if conn is not None and not timeout:
                         _close_quietly(conn)
+                    failed = True
+                    self._trip(exc)
+                    raise DatabaseUnavailable(
+                        str(exc).strip() or type(exc).__name__,
+                        cause="statement_timeout" if timeout else "database_unavailable",
+                    ) from exc
+                except BaseException:
+                    if conn is not None and not conn.autocommit:
+                        _close_quietly(conn)  # a transaction in an unknown state
+                    raise
+                finally:
+                    if conn is not None and not conn.closed:
+                        if conn.autocommit:
+                            self._checkin(conn)
+                        else:
+                            _close_quietly(conn)
+            finally:
+                self._slots.release()
         finally:
-            self._slots.release()
+            if probe:
+                if not failed:
+                    self._tripped = False
+                    log.warning("database answers again: breaker closed")
+                self._probing = False
 
-    def fetchone(self, sql: str, params: Any = None) -> tuple | None:
+    def fetchone(self, sql: str | Statement, params: Any = None) -> tuple | None:
+        """One row of ``sql`` (a Statement is prepared on first use per connection)."""
         with self.connection() as conn, conn.cursor() as cur:
-            cur.execute(sql, params)
+            if isinstance(sql, Statement):
+                if sql.name not in conn.prepared:
+                    cur.execute(f"PREPARE {sql.name} AS {sql.text}")
+                    conn.prepared.add(sql.name)
+                cur.execute(sql.execute, [params[n] for n in sql.params] or None)
+            else:
+                cur.execute(sql, params)
             return cur.fetchone()
 
     def close(self) -> None:
@@ -329,27 +501,44 @@ class Store:
 
     # -- live version --
 
+    def current_state(self) -> LiveState | None:
+        """The cached served version, without reading the database."""
+        return self._live
+
     def live_state(self, refresh: bool = False) -> LiveState:
-        """The live version and its data_until (cached; ``refresh`` reads it again)."""
+        """The served version and its data_until (cached for ``live_ttl_s``)."""
         state = self._live
-        if state is None or refresh:
-            row = self.fetchone(LIVE_STATE_SQL)
+        if state is None or refresh or time.monotonic() >= self._live_expires:
+            row = self.fetchone(LIVE_STATE)
+            state = _resolve(row)
             previous = self._live
-            state = LiveState(row[0], row[1]) if row else LiveState(None, None)
             self._live = state
+            ttl = self.live_ttl_s if not state.degraded else min(self.live_ttl_s,
+                                                                  DEGRADED_TTL_S)
+            self._live_expires = time.monotonic() + ttl
+            if previous is None or previous.degraded != state.degraded:
+                if state.degraded:
+                    log.warning("live version %s has no lists: serving %s",
+                                state.live, state.version)
             if previous is not None and previous.version != state.version:
-                log.info("live version switched: %s -> %s", previous.version, state.version)
+                log.info("served version switched: %s -> %s", previous.version,
+                         state.version)
                 for listener in self.on_switch:
                     listener(state)
         return state
 
-    def _read(self, sql: str, params: dict[str, Any]) -> tuple[LiveState, tuple] | None:
-        """Run a list read against the cached live version, re-reading after a switch.
+    def _read(self, sql: Statement, params: dict[str, Any]) -> tuple[LiveState, tuple] | None:
+        """Run a list read against the cached served version, re-reading after a switch.
 
-        Returns None when no version is live.
+        Each read's last column (``seen``) is, when the list asked for is absent, whether
+        any list of the version is visible to the statement. A prepared statement takes
+        its snapshot before it locks its tables: one delayed across a publish can see
+        the version's new partitions without their rows. That read is repeated (a new
+        statement, a new snapshot) instead of answering "no list". Returns None when no
+        version is served (or the served one keeps switching under the read).
         """
         state = self.live_state()
-        for attempt in range(2):
+        for attempt in range(READ_ATTEMPTS):
             if state.version is None:
                 if attempt == 0:
                     state = self.live_state(refresh=True)
@@ -358,17 +547,24 @@ class Store:
             since = state.data_until or dt.datetime.now(dt.UTC)
             row = self.fetchone(sql, {**params, "version": state.version, "since": since,
                                       "recent_max": RECENT_MAX})
-            if row is not None and row[0] == state.version:
-                return state, row
+            if row is not None and row[0] == state.live and row[-1] is not False:
+                return state, row[:-1]
             state = self.live_state(refresh=True)
         return None
 
     # -- reads --
 
-    def read_user(self, user_id: int) -> UserRead | None:
-        """The user's precomputed list, recent items and anchors (None: no live version)."""
-        got = self._read(PERSONALIZED_SQL, {"user_id": user_id, "anchors": ANCHORS,
-                                            "similar_fetch": SIMILAR_FETCH})
+    def read_user(self, user_id: int, page_item: int | None = None, fetch: int = 1000
+                  ) -> UserRead | None:
+        """The user's precomputed list, recent items and anchors (None: no version).
+
+        ``page_item`` (a product page's item) is the first anchor when given. Only the
+        first ``fetch`` items of the list, plus as many as the user has recent items,
+        are read: callers pass what a response can use after its exclusions.
+        """
+        got = self._read(PERSONALIZED, {"user_id": user_id, "anchors": ANCHORS,
+                                        "similar_fetch": SIMILAR_FETCH,
+                                        "page_item": page_item, "fetch": fetch})
         if got is None:
             return None
         state, row = got
@@ -383,39 +579,67 @@ class Store:
             recent=recent or [],
             anchors=[Anchor(int(a["item_id"]), a["title"], [int(x) for x in a["items"] or []],
                             [float(x) for x in a["scores"] or []]) for a in anchors or []],
+            degraded=state.degraded,
         )
 
-    def read_similar(self, item_id: int | None, user_id: int | None = None) -> ListRead | None:
-        """The similar list of ``item_id`` (or of the user's newest item)."""
+    def read_similar(self, item_id: int | None, user_id: int | None = None,
+                     fetch: int = 1000) -> ListRead | None:
+        """The similar list of ``item_id`` (or of the user's newest item): its first
+        ``fetch`` items, plus as many as the user has recent items."""
         if user_id is None:
-            got = self._read(ITEM_SIMILAR_SQL, {"item_id": item_id})
+            got = self._read(ITEM_SIMILAR, {"item_id": item_id, "fetch": fetch})
         else:
-            got = self._read(USER_SIMILAR_SQL, {"item_id": item_id, "user_id": user_id})
+            got = self._read(USER_SIMILAR, {"item_id": item_id, "user_id": user_id,
+                                            "fetch": fetch})
         if got is None:
             return None
         state, row = got
         _, anchor_id, title, known, items, scores, reasons, recent = row
         return ListRead(state.version or "", items, scores or [], reasons or [], recent or [],
-                        anchor_id, title, bool(known))
+                        anchor_id, title, bool(known), degraded=state.degraded)
 
-    def read_trending(self, list_name: str, user_id: int | None = None) -> ListRead | None:
-        """A non-personal list of the live version, with the user's recent items."""
-        if user_id is None:
-            got = self._read(TRENDING_SQL, {"list_name": list_name})
+    def read_trending(self, list_name: str, user_id: int | None = None,
+                      category: str | None = None, fill_list: str | None = None,
+                      fetch: int = 1000) -> ListRead | None:
+        """A non-personal list of the served version (with the user's recent items):
+        its first ``fetch`` items, plus as many as the user has recent items.
+
+        With ``category``, the list keeps only items of that catalog category and
+        ``fill_list`` is returned with it to fill the rest.
+        """
+        if category is not None:
+            got = self._read(TRENDING_FILTERED, {"list_name": list_name,
+                                                 "category": category,
+                                                 "fill_list": fill_list})
+        elif user_id is None:
+            got = self._read(TRENDING, {"list_name": list_name, "fetch": fetch})
         else:
-            got = self._read(USER_TRENDING_SQL, {"list_name": list_name, "user_id": user_id})
+            got = self._read(USER_TRENDING, {"list_name": list_name, "user_id": user_id,
+                                             "fetch": fetch})
         if got is None:
             return None
         state, row = got
-        _, items, scores, reasons, recent = row
-        return ListRead(state.version or "", items, scores or [], reasons or [], recent or [])
+        _, items, scores, reasons, recent = row[:5]
+        fill = row[5:8] if len(row) > 5 else (None, None, None)
+        return ListRead(state.version or "", items, scores or [], reasons or [], recent or [],
+                        fill_items=fill[0], fill_scores=fill[1], fill_reasons=fill[2],
+                        degraded=state.degraded)
 
-    def read_popular(self) -> tuple[str, list[int], list[float]] | None:
-        """The live version's 'popular' list (None when there is none)."""
-        row = self.fetchone(POPULAR_SQL)
+    def read_popular(self, version: str | None = None
+                     ) -> tuple[str, list[int], list[float]] | None:
+        """The 'popular' list of ``version`` (default: the served one); None if absent."""
+        if version is None:
+            version = self.live_state().version
+            if version is None:
+                return None
+        row = self.fetchone(POPULAR, {"version": version})
         if row is None:
             return None
-        return row[0], list(row[1] or []), [float(s) for s in row[2] or []]
+        return version, [int(i) for i in row[0] or []], [float(x) for x in row[1] or []]
+
+    def read_key(self, prefix: str) -> tuple | None:
+        """The api_keys row with this public prefix (serve/apikeys.py), or None."""
+        return self.fetchone(LOOKUP_KEY, {"prefix": prefix})
 
     # -- writes --
 
@@ -463,6 +687,18 @@ class Store:
         for day in days:
             self._known_days.update(day + dt.timedelta(days=i)
                                     for i in range(KNOWN_DAYS_AHEAD + 1))
+
+
+def _resolve(row: tuple | None) -> LiveState:
+    """The served version from a LIVE_STATE_SQL row: live, else previous, else none."""
+    if row is None:
+        return LiveState(None, None)
+    live, previous, live_ok, previous_ok, live_until, previous_until = row
+    if live is not None and live_ok:
+        return LiveState(live, live_until, live)
+    if previous is not None and previous_ok:
+        return LiveState(previous, previous_until, live, "previous_version")
+    return LiveState(None, None, live, "no_live_version" if live is not None else None)
 
 
 def _close_quietly(conn: psycopg2.extensions.connection) -> None:

@@ -28,6 +28,8 @@ MAX_CATEGORY_CHARS = 50
 REC_TYPES = ("personalized", "similar", "trending")
 CONTEXTS = ("homepage", "product_page")
 _DIGITS = re.compile(r"[0-9]+")
+MAX_ID_CHARS = 30  # leading zeros allowed, up to this many characters
+_COUNTRY = re.compile(r"[A-Za-z]{2}")
 
 
 def positive_id(raw: Any, field: str) -> int:
@@ -36,8 +38,8 @@ def positive_id(raw: Any, field: str) -> int:
         raise bad_request(field, f"{field} must be a positive integer")
     if isinstance(raw, int):
         value = raw
-    elif isinstance(raw, str) and _DIGITS.fullmatch(raw.strip()):
-        value = int(raw.strip())
+    elif isinstance(raw, str) and _DIGITS.fullmatch(raw) and len(raw) <= MAX_ID_CHARS:
+        value = int(raw)
     else:
         raise bad_request(field, f"{field} must be a positive integer")
     if not 1 <= value <= BIGINT_MAX:
@@ -46,10 +48,11 @@ def positive_id(raw: Any, field: str) -> int:
 
 
 def limit(raw: str | None, default: int, maximum: int) -> int:
-    """``limit``: an integer 1..maximum, ``default`` when absent."""
-    if raw is None or raw == "":
+    """``limit``: an integer 1..maximum, ``default`` when absent (an empty value is an
+    error, as for every parameter)."""
+    if raw is None:
         return default
-    if not _DIGITS.fullmatch(raw):
+    if len(raw) > MAX_ID_CHARS or not _DIGITS.fullmatch(raw):
         raise bad_request("limit", f"limit must be an integer between 1 and {maximum}")
     value = int(raw)
     if not 1 <= value <= maximum:
@@ -59,7 +62,7 @@ def limit(raw: str | None, default: int, maximum: int) -> int:
 
 def choice(raw: str | None, field: str, allowed: tuple[str, ...], default: str | None
            ) -> str | None:
-    if raw is None or raw == "":
+    if raw is None:
         return default
     if raw not in allowed:
         raise bad_request(field, f"{field} must be one of {', '.join(allowed)}")
@@ -67,28 +70,40 @@ def choice(raw: str | None, field: str, allowed: tuple[str, ...], default: str |
 
 
 def exclude_ids(values: Iterable[str], maximum: int) -> frozenset[int]:
-    """``exclude``: ids comma-separated and/or repeated (``[1,2]`` also accepted)."""
+    """``exclude``: ids comma-separated and/or repeated (``[1,2]`` also accepted); an
+    empty value or an empty id between commas is an error."""
     ids: set[int] = set()
+    given = 0
     for value in values:
-        value = value.strip()
         if value.startswith("[") and value.endswith("]"):
             value = value[1:-1]
         for part in value.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            ids.add(positive_id(part, "exclude"))
-            if len(ids) > maximum:
+            given += 1  # repeats count: the limit bounds the work a request may ask for
+            if given > maximum:
                 raise bad_request("exclude", f"exclude takes at most {maximum} ids")
+            ids.add(positive_id(part.strip(), "exclude"))
     return frozenset(ids)
 
 
 def category(raw: str | None) -> str | None:
-    if raw is None or raw == "":
+    """``category``: a catalog category name (1..50 characters)."""
+    if raw is None:
         return None
-    if len(raw) > MAX_CATEGORY_CHARS:
-        raise bad_request("category", f"category is longer than {MAX_CATEGORY_CHARS}")
+    if not 1 <= len(raw) <= MAX_CATEGORY_CHARS:
+        raise bad_request("category", f"category must have 1 to {MAX_CATEGORY_CHARS} "
+                                      "characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+        raise bad_request("category", "category holds a control character")
     return raw
+
+
+def country(raw: str | None) -> str | None:
+    """``country``: an ISO 3166-1 alpha-2 code, any case; returned upper case."""
+    if raw is None:
+        return None
+    if not _COUNTRY.fullmatch(raw):
+        raise bad_request("country", "country must be a two-letter ISO 3166-1 code, e.g. FR")
+    return raw.upper()
 
 
 # --- events ------------------------------------------------------------------------------
@@ -116,16 +131,19 @@ def stable_event_id(raw: str) -> int:
 
 def timestamp(raw: Any, field: str, now: dt.datetime) -> dt.datetime:
     """An ISO-8601 time (naive means UTC), not more than a day in the future."""
-    if not isinstance(raw, str) or not raw.strip():
+    if not isinstance(raw, str) or not raw or raw != raw.strip():
         raise bad_request(field, f"{field} must be an ISO-8601 date-time string")
     try:
-        value = dt.datetime.fromisoformat(raw.strip())
+        value = dt.datetime.fromisoformat(raw)
     except ValueError:
         raise bad_request(field, f"{field} is not an ISO-8601 date-time: {raw[:40]!r}") \
             from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
-    value = value.astimezone(dt.UTC)
+    try:
+        value = value.astimezone(dt.UTC)
+    except OverflowError:  # year 1 or 9999 moved past the calendar's ends
+        raise bad_request(field, f"{field} is out of range") from None
     if value > now + MAX_FUTURE:
         raise bad_request(field, f"{field} is more than a day in the future")
     if value < MIN_TIMESTAMP:
@@ -157,14 +175,22 @@ def event(raw: Any, prefix: str, now: dt.datetime) -> Event:
         if isinstance(rating, bool) or not isinstance(rating, (int, float)) \
                 or not 0 <= rating <= 10:
             raise bad_request(name("rating"), f"{name('rating')} must be a number 0..10")
-        rating = float(rating)
+        # Stored as REAL: keep 4 decimals (a denormal double would not fit).
+        rating = round(float(rating), 4)
 
     context = raw.get("context")
     context_json = None
     if context is not None:
         if not isinstance(context, Mapping):
             raise bad_request(name("context"), f"{name('context')} must be a JSON object")
-        context_json = json.dumps(context, separators=(",", ":"), ensure_ascii=False)
+        try:
+            context_json = json.dumps(context, separators=(",", ":"), ensure_ascii=False,
+                                      allow_nan=False)
+        except ValueError:
+            raise bad_request(name("context"),
+                              f"{name('context')} holds NaN or Infinity") from None
+        if "\x00" in context_json or "\\u0000" in context_json:
+            raise bad_request(name("context"), f"{name('context')} holds a NUL character")
         if len(context_json.encode("utf-8")) > MAX_CONTEXT_BYTES:
             raise bad_request(name("context"),
                               f"{name('context')} is larger than {MAX_CONTEXT_BYTES} bytes")

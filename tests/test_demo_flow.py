@@ -63,6 +63,10 @@ class Demo:
     def get(self, path: str, **params):
         return requests.get(self.base + path, params=params, timeout=10)
 
+    def post_event(self, body: dict, key: str | None = None):
+        return requests.post(self.base + "/api/v1/events", json=body, timeout=10,
+                             headers={"X-API-Key": self.key if key is None else key})
+
 
 @pytest.fixture(scope="module")
 def demo():
@@ -74,6 +78,7 @@ def demo():
         d.recs("load", "synthetic")  # the demo's default dataset
         out = d.recs("pipeline").stdout
         assert "published" in out, out
+        d.key = d.recs("keys", "create", "demo-flow").stdout.strip().splitlines()[-1]
         d.recs("serve", "--daemon", "--bind", f"127.0.0.1:{d.http_port}")
         yield d
     finally:
@@ -130,9 +135,8 @@ def test_posted_event_is_excluded_on_the_next_request(demo):
     first = demo.get(f"/api/v1/recommendations/{user}", limit=10).json()["recommendations"]
     item = first[0]["item_id"]
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    r = requests.post(demo.base + "/api/v1/events", timeout=10,
-                      json={"user_id": user, "item_id": item, "event_type": "view",
-                            "timestamp": now})
+    r = demo.post_event({"user_id": user, "item_id": item, "event_type": "view",
+                         "timestamp": now})
     assert r.status_code == 201, r.text
     after = demo.get(f"/api/v1/recommendations/{user}", limit=10).json()["recommendations"]
     assert item not in [x["item_id"] for x in after]
@@ -143,11 +147,13 @@ def test_posted_event_is_excluded_on_the_next_request(demo):
 
 
 def test_bad_event_is_rejected_naming_the_field(demo):
-    r = requests.post(demo.base + "/api/v1/events", timeout=10,
-                      json={"user_id": 1, "item_id": 2, "event_type": "like",
-                            "timestamp": "2024-01-01T00:00:00Z"})
+    body = {"user_id": 1, "item_id": 2, "event_type": "like",
+            "timestamp": "2024-01-01T00:00:00Z"}
+    r = demo.post_event(body)
     assert r.status_code == 400
     assert r.json()["error"]["field"] == "event_type"
+    # Without a valid key nothing is written, whatever the body.
+    assert demo.post_event({**body, "event_type": "view"}, key="nope").status_code == 401
 
 
 def test_analyst_queries_in_the_docs_run(demo):
@@ -181,9 +187,8 @@ def test_fallback_with_postgres_stopped_then_recovery(demo):
             assert body["fallback"] is True and body["source"] == "memory"
             assert len(body["recommendations"]) == 5
             assert elapsed < 1.0
-        ev = requests.post(demo.base + "/api/v1/events", timeout=10,
-                           json={"user_id": user, "item_id": 1, "event_type": "click",
-                                 "timestamp": "2026-01-01T00:00:00Z"})
+        ev = demo.post_event({"user_id": user, "item_id": 1, "event_type": "click",
+                              "timestamp": "2026-01-01T00:00:00Z"})
         assert ev.status_code == 503 and "Retry-After" in ev.headers
     finally:
         demo.recs("db-up")

@@ -153,7 +153,8 @@ def test_dockerfile_installs_the_project_and_runs_the_reader():
     users = [args for word, args in instr if word == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image must not run as root"
     cmd = [exec_or_shell(args) for word, args in instr if word == "CMD"][-1]
-    assert cmd == ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "serve.app:create_app()"]
+    assert cmd == ["gunicorn", "-c", "serve/gunicorn.conf.py", "--bind", "0.0.0.0:8000",
+                   "serve.app:create_app()"]
 
 
 def test_gunicorn_app_path_names_a_real_module():

@@ -24,6 +24,7 @@ import requests
 
 from core.constants import POPULAR_REASON
 from core.settings import PROJECT_ROOT, Settings
+from serve import apikeys
 from serve.app import create_app
 from serve.fallback import snapshot_path
 from serve.validation import stable_event_id
@@ -122,6 +123,22 @@ def event(user: int, item: int, ts: dt.datetime | None = None, **extra) -> dict:
             "timestamp": (ts or NOW).isoformat(), **extra}
 
 
+def make_key(dsn: str, scopes: tuple[str, ...] = ("events",), name: str | None = None
+             ) -> str:
+    """A new API key stored in ``dsn`` (as `recs keys create` does)."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            _, key = apikeys.create(cur, name or f"test-{os.urandom(4).hex()}", scopes)
+    finally:
+        conn.close()
+    return key
+
+
+# Well-formed, stored nowhere: checking it needs the database.
+UNKNOWN_KEY = "recs_000000000000_" + "A" * 43
+
+
 def count_events(dsn: str) -> int:
     conn = psycopg2.connect(dsn)
     try:
@@ -141,8 +158,11 @@ def app(settings: Settings, dsn: str):
 
 
 @pytest.fixture
-def client(app):
-    return app.test_client()
+def client(app, dsn):
+    """A test client that sends an events key with every request."""
+    c = app.test_client()
+    c.environ_base["HTTP_X_API_KEY"] = make_key(dsn)
+    return c
 
 
 # --- personalized ----------------------------------------------------------------------
@@ -200,6 +220,30 @@ def test_exclude_parameter(client):
     assert ids(body) == [13, 14, 15]
     body = client.get("/api/v1/recommendations/7?limit=3&exclude=[13,14]").get_json()
     assert ids(body) == [10, 11, 12]
+
+
+def test_long_list_with_many_exclusions_and_recent_items(client, dsn):
+    """Only the head of a list is read (limit + exclusions + recent items + blends): the
+    answer must be the same as from the whole list."""
+    items = list(range(101, 201))
+    conn = psycopg2.connect(dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO recommendations (model_version, user_id, items, scores, "
+                    "reasons, reason_item_ids, history_tail, computed_at) "
+                    "VALUES (%s, 50, %s, %s, %s, %s, '{1}', %s)",
+                    (VERSION, items, _scores(100), ["Because you watched Movie 1"] * 100,
+                     [1] * 100, DATA_UNTIL))
+    conn.close()
+    later = [NOW + dt.timedelta(seconds=i) for i in range(10)]
+    r = client.post("/api/v1/events", json={"events": [
+        event(50, item, ts) for item, ts in zip(range(101, 111), later, strict=True)]})
+    assert r.status_code == 201
+    exclude = ",".join(str(i) for i in range(111, 131))
+    body = client.get(f"/api/v1/recommendations/50?limit=5&exclude={exclude}").get_json()
+    assert ids(body) == [131, 132, 133, 134, 135] and body["fallback"] is False
+    body = client.get(f"/api/v1/recommendations/50?limit=100&exclude={exclude}").get_json()
+    # The rest of the list, then every popular item (10): fewer than the limit.
+    assert ids(body) == list(range(131, 201)) + LISTS["popular"]
 
 
 def test_top_up_from_popular(client):
@@ -485,13 +529,16 @@ WORKERS = 2  # as in serve/gunicorn.conf.py
 class Gunicorn:
     """A gunicorn reader in a subprocess, stopped by :meth:`stop`."""
 
-    def __init__(self, database_url: str, home: Path) -> None:
+    def __init__(self, database_url: str, home: Path, api_key: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.api_key = api_key
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         home.mkdir(parents=True, exist_ok=True)
         self.log = home / f"gunicorn-{self.port}.log"
         env = {**os.environ, "RECS_DATABASE_URL": database_url, "RECS_HOME": str(home),
-               "RECS_LAKE_ROOT": "", "RECS_SERVE_BIND": f"127.0.0.1:{self.port}"}
+               "RECS_LAKE_ROOT": "", "RECS_SERVE_BIND": f"127.0.0.1:{self.port}",
+               **(env or {})}
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", "serve/gunicorn.conf.py",
@@ -525,8 +572,10 @@ class Gunicorn:
     def get(self, path: str) -> requests.Response:
         return requests.get(self.url + path, timeout=5)
 
-    def post(self, path: str, body: object) -> requests.Response:
-        return requests.post(self.url + path, json=body, timeout=5)
+    def post(self, path: str, body: object, key: str | None = None) -> requests.Response:
+        key = key or self.api_key
+        headers = {"X-API-Key": key} if key else {}
+        return requests.post(self.url + path, json=body, timeout=5, headers=headers)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -541,7 +590,7 @@ class Gunicorn:
 @pytest.mark.integration
 def test_gunicorn_serves_over_http(dsn, tmp_path):
     publish_fixture(dsn)
-    server = Gunicorn(dsn, tmp_path / "home")
+    server = Gunicorn(dsn, tmp_path / "home", api_key=make_key(dsn))
     try:
         r = server.get("/api/v1/recommendations/7?limit=3")
         assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"

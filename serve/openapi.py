@@ -1,0 +1,288 @@
+"""The reader's OpenAPI 3.1 document, served at ``/openapi.json``.
+
+Kept true by tests/test_api_contract.py: every response of a set of known requests is
+validated against it, and a schemathesis run generates requests from it and checks that
+no answer is a 5xx or breaks it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.constants import EVENT_TYPES
+from core.settings import Settings
+from serve import validation
+
+BIGINT_MAX = validation.BIGINT_MAX
+SOURCES = ["precomputed", "similar", "trending", "popular", "memory"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str,
+          headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description,
+                           "content": {"application/json": {"schema": schema}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    return _json(_ref("Error"), description, headers)
+
+
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
+                               "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+AUTH_HEADER = {"WWW-Authenticate": {"description": "the scheme to authenticate with",
+                                    "schema": {"type": "string"}}}
+ALLOW = {"Allow": {"description": "the methods the path accepts",
+                   "schema": {"type": "string"}}}
+
+
+def _read_errors(not_found: str = "no such path") -> dict[str, Any]:
+    return {
+        "400": _error("a parameter is invalid; error.field names it"),
+        "401": _error("reads need an API key (RECS_READ_KEYS_REQUIRED) and none or an "
+                      "invalid one was sent", AUTH_HEADER),
+        "404": _error(not_found),
+        "405": _error("method not allowed", ALLOW),
+        "503": _error("the API key could not be checked (database down)", RETRY_AFTER),
+    }
+
+
+def _limit(settings: Settings) -> dict[str, Any]:
+    return {"name": "limit", "in": "query", "required": False,
+            "description": "how many items to return",
+            "schema": {"type": "integer", "minimum": 1, "maximum": settings.serve_limit_max,
+                       "default": settings.serve_limit_default}}
+
+
+def _id_param(name: str, where: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": where == "path",
+            "description": description,
+            "schema": {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}}
+
+
+def schemas(settings: Settings) -> dict[str, Any]:
+    """The component schemas (JSON Schema 2020-12, as OpenAPI 3.1 uses)."""
+    ident = {"anyOf": [{"type": "integer", "minimum": 1, "maximum": BIGINT_MAX},
+                       {"type": "string", "pattern": "^0*[1-9][0-9]{0,17}$",
+                        "maxLength": validation.MAX_ID_CHARS}]}
+    version = {"type": ["string", "null"]}
+    list_body = {
+        "recommendations": {"type": "array", "items": _ref("Recommendation"),
+                            "maxItems": settings.serve_limit_max},
+        "experiment_id": {"type": ["string", "null"]},
+        "fallback": {"type": "boolean",
+                     "description": "true when the answer is not the live version's list "
+                                    "asked for (popular items, a previous version, memory)"},
+        "source": {"type": "string", "enum": SOURCES},
+        "model_version": version,
+    }
+    required = ["recommendations", "experiment_id", "fallback", "source", "model_version"]
+
+    def answer(extra: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "properties": {**list_body, **extra},
+                "required": required + list(extra), "additionalProperties": False}
+
+    return {
+        "Recommendation": {
+            "type": "object",
+            "properties": {
+                "item_id": {"type": "integer", "minimum": 1},
+                "score": {"type": "number"},
+                "reason": {"type": "string"},
+                "reason_item_id": {"type": ["integer", "null"]},
+                "model_version": version,
+            },
+            "required": ["item_id", "score", "reason", "reason_item_id", "model_version"],
+            "additionalProperties": False,
+        },
+        "Recommendations": answer({"user_id": {"type": "integer", "minimum": 1}}),
+        "SimilarItems": answer({"item_id": {"type": "integer", "minimum": 1}}),
+        "Trending": answer({"category": {"type": ["string", "null"]},
+                            "country": {"type": ["string", "null"],
+                                        "pattern": "^[A-Z]{2}$"}}),
+        "Error": {
+            "type": "object",
+            "properties": {"error": {
+                "type": "object",
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                               "field": {"type": ["string", "null"]}},
+                "required": ["code", "message", "field"],
+                "additionalProperties": False}},
+            "required": ["error"],
+            "additionalProperties": False,
+        },
+        "Event": {
+            "type": "object",
+            "properties": {
+                "user_id": ident,
+                "item_id": ident,
+                "event_type": {"type": "string", "enum": list(EVENT_TYPES)},
+                "timestamp": {"type": "string", "format": "date-time",
+                              "description": "ISO-8601; no offset means UTC; at most a "
+                                             "day in the future"},
+                "rating": {"type": ["number", "null"], "minimum": 0, "maximum": 10},
+                "context": {"type": ["object", "null"],
+                            "description": f"at most {validation.MAX_CONTEXT_BYTES} bytes "
+                                           "as JSON"},
+                "event_id": {"anyOf": [
+                    {"type": "string", "minLength": 1,
+                     "maxLength": validation.MAX_EVENT_ID_CHARS},
+                    {"type": "integer"}, {"type": "null"}],
+                    "description": "the client's id: a retried event is stored once"},
+            },
+            "required": ["user_id", "item_id", "event_type", "timestamp"],
+        },
+        "EventBatch": {
+            "type": "object",
+            "properties": {"events": {"type": "array", "items": _ref("Event"), "minItems": 1,
+                                      "maxItems": validation.MAX_BATCH}},
+            "required": ["events"],
+        },
+        "Stored": {
+            "type": "object",
+            "properties": {"stored": {"type": "integer", "minimum": 0},
+                           "duplicates": {"type": "integer", "minimum": 0}},
+            "required": ["stored", "duplicates"],
+            "additionalProperties": False,
+        },
+        "Health": {
+            "type": "object",
+            "properties": {"status": {"const": "ok"}, "pid": {"type": "integer"}},
+            "required": ["status", "pid"],
+        },
+        "Ready": {
+            "type": "object",
+            "properties": {"status": {"const": "ready"}, "live_version": {"type": "string"},
+                           "degraded": {"type": "string"}},
+            "required": ["status", "live_version"],
+            "additionalProperties": False,
+        },
+        "AdminStatus": {"type": "object",
+                        "required": ["pid", "served_version", "live_version",
+                                     "database_breaker_open", "popular"]},
+    }
+
+
+def document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI document for these settings (limits come from them)."""
+    read_params = [_limit(settings)]
+    rec_params = [
+        _id_param("user_id", "path", "the user"),
+        {"name": "type", "in": "query", "required": False,
+         "schema": {"type": "string", "enum": list(validation.REC_TYPES),
+                    "default": "personalized"}},
+        *read_params,
+        {"name": "context", "in": "query", "required": False,
+         "description": "product_page needs item_id: the lists are anchored on it",
+         "schema": {"type": "string", "enum": list(validation.CONTEXTS)}},
+        _id_param("item_id", "query", "the item of a product page, or the anchor of "
+                                       "type=similar; never recommended"),
+        {"name": "exclude", "in": "query", "required": False,
+         "description": "item ids never to return: repeated and/or comma-separated",
+         "style": "form", "explode": True,
+         "schema": {"type": "array", "maxItems": settings.exclude_max,
+                    "items": {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}}},
+    ]
+    security_events = [{"ApiKey": []}, {"Bearer": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "recs-engine reader", "version": "1",
+                 "description": "Precomputed recommendations with real-time exclusion and "
+                                "a popularity fallback. Errors are "
+                                '{"error": {"code", "message", "field"}}.'},
+        "paths": {
+            "/api/v1/recommendations/{user_id}": {"get": {
+                "operationId": "getRecommendations",
+                "summary": "A user's recommendations",
+                "parameters": rec_params,
+                "responses": {"200": _json(_ref("Recommendations"), "the list"),
+                              **_read_errors()},
+            }},
+            "/api/v1/similar/{item_id}": {"get": {
+                "operationId": "getSimilar",
+                "summary": "Items similar to an item",
+                "parameters": [_id_param("item_id", "path", "the item"), *read_params],
+                "responses": {"200": _json(_ref("SimilarItems"), "the list"),
+                              **_read_errors("the item is unknown")},
+            }},
+            "/api/v1/trending": {"get": {
+                "operationId": "getTrending",
+                "summary": "Trending items, overall, in a category and/or a country",
+                "parameters": [
+                    {"name": "category", "in": "query", "required": False,
+                     "schema": {"type": "string", "minLength": 1,
+                                "maxLength": validation.MAX_CATEGORY_CHARS,
+                                "pattern": "^[^\\x00-\\x1f\\x7f]+$"}},
+                    {"name": "country", "in": "query", "required": False,
+                     "description": "ISO 3166-1 alpha-2, any case; with category: the "
+                                    "country's list kept to the category",
+                     "schema": {"type": "string", "pattern": "^[A-Za-z]{2}$"}},
+                    *read_params],
+                "responses": {"200": _json(_ref("Trending"), "the list"), **_read_errors()},
+            }},
+            "/api/v1/events": {"post": {
+                "operationId": "postEvents",
+                "summary": "Record one event or a batch (stored all or nothing)",
+                "security": security_events,
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"oneOf": [_ref("Event"), _ref("EventBatch")]}}}},
+                "responses": {
+                    "201": _json(_ref("Stored"), "stored (after the commit)"),
+                    "400": _error("the body is invalid; error.field names the field"),
+                    "401": _error("no API key, or an invalid or revoked one", AUTH_HEADER),
+                    "403": _error("the API key lacks the events scope"),
+                    "404": _error("no such path"),
+                    "405": _error("method not allowed", ALLOW),
+                    "413": _error("the body is larger than 1 MB"),
+                    "415": _error("the body is not declared as JSON"),
+                    "503": _error("the database is unavailable: nothing was stored",
+                                  RETRY_AFTER),
+                },
+            }},
+            "/api/v1/admin/status": {"get": {
+                "operationId": "getAdminStatus",
+                "summary": "What this worker serves (admin scope)",
+                "security": [{"ApiKey": []}, {"Bearer": []}],
+                "responses": {
+                    "200": _json(_ref("AdminStatus"), "the worker's state"),
+                    "401": _error("no API key, or an invalid or revoked one", AUTH_HEADER),
+                    "403": _error("the API key lacks the admin scope"),
+                    "405": _error("method not allowed", ALLOW),
+                    "503": _error("the API key could not be checked", RETRY_AFTER),
+                },
+            }},
+            "/healthz": {"get": {
+                "operationId": "healthz", "summary": "The process is alive",
+                "responses": {"200": _json(_ref("Health"), "alive"),
+                              "405": _error("method not allowed", ALLOW)}}},
+            "/readyz": {"get": {
+                "operationId": "readyz",
+                "summary": "The database answers and a version is served",
+                "responses": {"200": _json(_ref("Ready"), "ready"),
+                              "405": _error("method not allowed", ALLOW),
+                              "503": _error("database down or no live version")}}},
+            "/metrics": {"get": {
+                "operationId": "metrics", "summary": "Prometheus metrics (text format)",
+                "responses": {"200": {"description": "metrics",
+                                      "content": {"text/plain": {"schema": {
+                                          "type": "string"}}}},
+                              "405": _error("method not allowed", ALLOW)}}},
+            "/openapi.json": {"get": {
+                "operationId": "openapi", "summary": "This document",
+                "responses": {"200": _json({"type": "object"}, "the OpenAPI document"),
+                              "405": _error("method not allowed", ALLOW)}}},
+        },
+        "components": {
+            "schemas": schemas(settings),
+            "securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "Bearer": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }
