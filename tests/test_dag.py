@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import sys
 import pytest
 
 from core.settings import PROJECT_ROOT
+from tests.dagparse import parse
 
 pytestmark = pytest.mark.airflow
 
@@ -25,38 +25,9 @@ EXPECTED_EDGES = {
     "publish": set(),
 }
 
-# Parsing happens in a subprocess with its own AIRFLOW_HOME, the way the dag-processor
-# parses: the test process keeps no Airflow configuration.
-PARSE = r"""
-import json
-from airflow.dag_processing.dagbag import DagBag
-bag = DagBag(dag_folder=DAGS)
-out = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": {}}
-for dag_id, dag in bag.dags.items():
-    out["dags"][dag_id] = {
-        "tags": sorted(dag.tags), "catchup": dag.catchup,
-        "max_active_runs": dag.max_active_runs,
-        "timetable": type(dag.timetable).__name__,
-        "tasks": {t.task_id: {"downstream": sorted(t.downstream_task_ids),
-                              "retries": t.retries, "type": type(t).__name__,
-                              "conn_id": getattr(t, "_conn_id", None)}
-                  for t in dag.tasks},
-    }
-print("RESULT" + json.dumps(out))
-"""
-
-
 @pytest.fixture(scope="module")
 def parsed(tmp_path_factory):
-    home = tmp_path_factory.mktemp("airflow_home")
-    env = dict(os.environ, AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db")
-    code = f"DAGS = {str(PROJECT_ROOT / 'dags')!r}\n" + PARSE
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=300)
-    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT")]
-    assert line, r.stderr[-3000:]
-    return json.loads(line[-1][len("RESULT"):])
+    return parse(tmp_path_factory.mktemp("parse"))
 
 
 def test_no_import_errors(parsed):
