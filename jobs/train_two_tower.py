@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.two_tower import TwoTowerConfig, TwoTowerModel
+from models.two_tower import TwoTowerConfig
 
 log = logging.getLogger("recs.train_two_tower")
 PAIR_COLUMNS = ["user_id", "item_id", "weight", "timestamp"]
@@ -83,10 +83,6 @@ def _vectors_frame(ids: np.ndarray, vectors: np.ndarray) -> pd.DataFrame:
     return frame
 
 
-def _log_epoch(info: dict, _model: TwoTowerModel) -> None:
-    log.info("epoch %d: loss %.4f in %.1fs", info["epoch"], info["loss"], info["seconds"])
-
-
 def run(pairs_path: str, items_path: str, out_dir: str,
         config: TwoTowerConfig = TwoTowerConfig(), *, users_path: str | None = None,
         text: bool = False, cache_dir: Path | None = None,
@@ -112,8 +108,9 @@ def run(pairs_path: str, items_path: str, out_dir: str,
         countries = users.set_index("user_id")["country"]
     vectors = text_matrix(items, cache_dir) if text else None
     started = time.perf_counter()
+    # models.two_tower logs each epoch's loss and time (logger recs.two_tower).
     model, item_feats, user_feats = tt.fit(pairs, items, config, countries=countries,
-                                           text=vectors, on_epoch=_log_epoch)
+                                           text=vectors)
     train_s = time.perf_counter() - started
     item_vecs = model.item_vectors(item_feats)
     user_vecs = model.user_vectors(user_feats)
@@ -182,8 +179,7 @@ def evaluate_protocol(path: Path | str, config: TwoTowerConfig = TwoTowerConfig(
     items = catalog(items, pairs)
     vectors = text_matrix(items, cache_dir) if text else None
     started = time.perf_counter()
-    model, item_feats, user_feats = tt.fit(train, items, config, text=vectors,
-                                           on_epoch=_log_epoch)
+    model, item_feats, user_feats = tt.fit(train, items, config, text=vectors)
     train_s = time.perf_counter() - started
     keep = np.isin(item_feats.item_ids, train["item_id"].unique())
     factors = Factors(user_feats.user_ids, model.user_vectors(user_feats),

@@ -417,20 +417,26 @@ def _history_index(known_ids: np.ndarray, users: UserFeatures) -> np.ndarray:
 
 @contextlib.contextmanager
 def _torch_scope(threads: int, seed: int | None = None) -> Iterator[None]:
-    """Limit torch's threads (and seed its global RNG) inside the block, then restore."""
+    """Limit torch's threads inside the block, then restore them. With a ``seed``, also
+    seed torch's global RNG (restored afterwards) and use deterministic algorithms only:
+    with more than one thread, some CPU reductions (the embedding-bag backward) otherwise
+    add in a varying order."""
     import torch
 
     before = torch.get_num_threads()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads)
     try:
         if seed is None:
             yield
         else:
+            torch.use_deterministic_algorithms(True)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 yield
     finally:
         torch.set_num_threads(before)
+        torch.use_deterministic_algorithms(was_deterministic)
 
 
 # --- Model -----------------------------------------------------------------------------

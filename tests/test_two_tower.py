@@ -20,7 +20,7 @@ from models.confidence import aggregate_pairs
 from models.metrics import evaluate_all
 
 SMALL = tt.TwoTowerConfig(dim=32, hidden=64, history_len=50, epochs=6, batch_size=256,
-                          lr=0.01, uniform_negatives=256, threads=1)
+                          lr=0.01, uniform_negatives=256, threads=2)
 
 
 @pytest.fixture(scope="module")
