@@ -78,7 +78,7 @@ class TwoTowerConfig:
     max_tags: int = 10
     country_dim: int = 8
     seed: int = 42
-    threads: int = 2
+    threads: int = 1
 
     def __post_init__(self) -> None:
         ints = {"dim": 1, "hidden": 1, "history_len": 1, "epochs": 1, "batch_size": 2,
