@@ -152,7 +152,7 @@ def run(version: str, *, lists: dict, trending_path: str, popularity_path: str,
             cur.execute("SELECT live_version, previous_version FROM serving_state")
             live, previous = cur.fetchone()
             for table in LIST_TABLES:
-                _drop_partitions(cur, table, version)  # a re-run of this version
+                drop_partitions(cur, table, version)  # a re-run of this version
                 cur.execute(f"ALTER TABLE {table} ATTACH PARTITION {table}_{suffix} "
                             "FOR VALUES IN (%s)", (version,))
             new_previous = live if live != version else previous
@@ -188,12 +188,12 @@ def _retire(cur, keep: int, protect: set[str]) -> list[str]:
     retired = [v for v in versions[keep:] if v not in protect]
     for v in retired:
         for table in LIST_TABLES:
-            _drop_partitions(cur, table, v)
+            drop_partitions(cur, table, v)
         cur.execute("UPDATE model_runs SET status = 'retired' WHERE model_version = %s", (v,))
     return retired
 
 
-def _drop_partitions(cur, table: str, version: str) -> None:
+def drop_partitions(cur, table: str, version: str) -> None:
     """Detach and drop ``table``'s partition(s) holding ``version``."""
     cur.execute("""SELECT c.relname FROM pg_inherits i
                    JOIN pg_class c ON c.oid = i.inhrelid

@@ -34,6 +34,7 @@ import requests
 from core import db, localpg, migrate
 from core import settings as settings_mod
 from core.constants import POPULAR_REASON
+from jobs import publish
 from serve.app import create_app
 from tests.test_serve import (
     DATA_UNTIL,
@@ -295,15 +296,8 @@ def _drop_version(dsn: str, version: str) -> None:
     conn = psycopg2.connect(dsn)
     try:
         with conn, conn.cursor() as cur:
-            for table in ("recommendations", "similar_items", "trending"):
-                cur.execute("""SELECT c.relname FROM pg_inherits i
-                               JOIN pg_class c ON c.oid = i.inhrelid
-                               WHERE i.inhparent = %s::regclass
-                                 AND pg_get_expr(c.relpartbound, c.oid) = %s""",
-                            (table, f"FOR VALUES IN ('{version}')"))
-                for (name,) in cur.fetchall():
-                    cur.execute(f"ALTER TABLE {table} DETACH PARTITION {name}")
-                    cur.execute(f"DROP TABLE {name}")
+            for table in publish.LIST_TABLES:
+                publish.drop_partitions(cur, table, version)
     finally:
         conn.close()
 
