@@ -224,3 +224,190 @@ def test_matches_naive_reference_on_random_data(k):
     want = _naive(true, pred, k)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-12), key
+
+
+# Beyond-accuracy metrics: intra-list diversity and novelty.
+#
+# Diversity fixture, integer item ids. Categories: 1 {a, b}, 2 {b, c}, 3 {d}, 4 {a, b},
+# 5 missing from the mapping.
+#   u1: 1 .9, 2 .8, 3 .7, 4 .6; u2: 1 .5, 5 .4; u3: 2 only (one item: always skipped).
+#   Jaccard distances: d(1,2) = 1 - |{b}| / |{a,b,c}| = 2/3; d(1,3) = d(2,3) = 1;
+#   d(1,4) = 0; d(2,4) = 2/3; d(3,4) = 1; d(1,5) = 1 (5 has no categories).
+# k = 3: u1 top 1 2 3 -> (2/3 + 1 + 1) / 3 = 8/9; u2 -> 1; diversity (8/9 + 1) / 2 = 17/18.
+# k = 4: u1 adds 4 -> (2/3 + 1 + 1 + 0 + 2/3 + 1) / 6 = 13/18; diversity (13/18 + 1) / 2 = 31/36.
+# k = 2: u1 top 1 2 -> 2/3; u2 -> 1; diversity (2/3 + 1) / 2 = 5/6.
+# k = 1: nobody has 2 items -> 0.0.
+CATEGORIES = {1: ["a", "b"], 2: ("b", "c"), 3: {"d"}, 4: ["b", "a", "a"]}
+
+
+@pytest.fixture
+def div_pred() -> pd.DataFrame:
+    rows = [
+        ("u2", 5, 0.4),
+        ("u1", 3, 0.7),
+        ("u1", 1, 0.9),
+        ("u3", 2, 1.0),
+        ("u1", 4, 0.6),
+        ("u2", 1, 0.5),
+        ("u1", 2, 0.8),
+    ]
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "score"])
+
+
+@pytest.mark.parametrize(("k", "want"), [(3, 17 / 18), (4, 31 / 36), (2, 5 / 6), (1, 0.0)])
+def test_intra_list_diversity_hand_computed(div_pred, k, want):
+    got = metrics.intra_list_diversity(div_pred, CATEGORIES, k)
+    assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_diversity_missing_and_empty_categories_are_unique():
+    # Items 7 and 8 both lack categories (7 absent, 8 empty): distance 1 between them too,
+    # as it is to 9 {x}. 10 and 11 share {x} exactly: distance 0.
+    cats = {8: [], 9: ["x"], 10: ["x"], 11: ["x"]}
+    pred = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "a", "b", "b"],
+            "item_id": [7, 8, 9, 10, 11],
+            "score": [3.0, 2.0, 1.0, 2.0, 1.0],
+        }
+    )
+    # user a: d(7,8) = d(7,9) = d(8,9) = 1 -> 1; user b: 0 -> mean 1/2.
+    assert metrics.intra_list_diversity(pred, cats, 3) == pytest.approx(0.5)
+    assert metrics.intra_list_diversity(pred, {}, 3) == pytest.approx(1.0)
+
+
+def test_diversity_of_identical_lists_is_zero():
+    pred = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [1, 2, 3], "score": [3.0, 2.0, 1.0]})
+    same = {1: ["x", "y"], 2: ["y", "x"], 3: ["x", "y"]}
+    assert metrics.intra_list_diversity(pred, same, 3) == 0.0
+
+
+# Novelty fixture: train has item 1 x4, item 2 x2, item 3 x1, item 4 x1 -> N = 8, so item
+# novelty -log2(n_i / 8) = 1, 2, 3, 3. Item 9 is not in train: n_i = 1 -> 3.
+#   u1: 1 .9, 2 .8, 3 .1; u2: 3 .5, 9 .4.
+# k = 2: recommended 1 2 | 3 9 -> (1 + 2 + 3 + 3) / 4 = 9/4.
+# k = 3: u1 adds 3 -> (1 + 2 + 3 + 3 + 3) / 5 = 12/5 (a mean over recommendations, not
+#        over users: the per-user mean would be (2 + 3) / 2 = 5/2).
+# k = 1: 1 | 3 -> 2.
+@pytest.fixture
+def nov_train() -> pd.DataFrame:
+    users = ["a", "b", "c", "d", "a", "b", "c", "d"]
+    items = [1, 1, 1, 1, 2, 2, 3, 4]
+    return pd.DataFrame({"user_id": users, "item_id": items})
+
+
+@pytest.fixture
+def nov_pred() -> pd.DataFrame:
+    rows = [("u1", 1, 0.9), ("u2", 9, 0.4), ("u1", 2, 0.8), ("u1", 3, 0.1), ("u2", 3, 0.5)]
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "score"])
+
+
+@pytest.mark.parametrize(("k", "want"), [(2, 9 / 4), (3, 12 / 5), (1, 2.0), (10, 12 / 5)])
+def test_novelty_hand_computed(nov_train, nov_pred, k, want):
+    assert metrics.novelty(nov_train, nov_pred, k) == pytest.approx(want, abs=1e-12)
+
+
+def test_novelty_matches_recommenders_formula(nov_train, nov_pred):
+    # recommenders' historical_item_novelty / novelty, on items all present in train.
+    pred = nov_pred[nov_pred.item_id != 9]
+    item_count = nov_train.groupby("item_id").size().rename("count").reset_index()
+    item_count["item_novelty"] = -np.log2(item_count["count"] / nov_train.shape[0])
+    reco_count = pred.groupby("item_id").size().rename("count").reset_index()
+    merged = reco_count.merge(item_count[["item_id", "item_novelty"]], on="item_id")
+    want = (merged["count"] * merged["item_novelty"]).sum() / pred.shape[0]
+    assert metrics.novelty(nov_train, pred, 10) == pytest.approx(want)
+
+
+def test_evaluate_all_adds_beyond_accuracy_keys_only_when_asked(div_pred, nov_train):
+    truth = pd.DataFrame({"user_id": ["u1", "u2"], "item_id": [1, 5]})
+    base = evaluate_all(truth, div_pred, k=3)
+    assert list(base) == list(METRIC_KEYS)
+    with_div = evaluate_all(truth, div_pred, k=3, item_categories=CATEGORIES)
+    assert list(with_div) == [*METRIC_KEYS, metrics.DIVERSITY_KEY]
+    assert with_div[metrics.DIVERSITY_KEY] == pytest.approx(17 / 18)
+    with_nov = evaluate_all(truth, div_pred, k=3, train=nov_train)
+    assert list(with_nov) == [*METRIC_KEYS, metrics.NOVELTY_KEY]
+    assert with_nov[metrics.NOVELTY_KEY] == pytest.approx(metrics.novelty(nov_train, div_pred, 3))
+    both = evaluate_all(truth, div_pred, k=3, item_categories=CATEGORIES, train=nov_train)
+    assert list(both) == [*METRIC_KEYS, "diversity@k", "novelty@k"]
+    assert {key: both[key] for key in METRIC_KEYS} == base  # existing keys unchanged
+
+
+def test_beyond_accuracy_bad_inputs_fail_loudly(div_pred, nov_train, nov_pred):
+    for bad_k in (0, -1, 2.5, True):
+        with pytest.raises(MetricsError, match=f"k={bad_k!r}"):
+            metrics.intra_list_diversity(div_pred, CATEGORIES, bad_k)
+        with pytest.raises(MetricsError, match=f"k={bad_k!r}"):
+            metrics.novelty(nov_train, nov_pred, bad_k)
+    with pytest.raises(MetricsError, match="k=0"):
+        evaluate_all(nov_pred, nov_pred, k=0, item_categories=CATEGORIES, train=nov_train)
+    with pytest.raises(MetricsError, match=r"item_categories\[1\]"):
+        metrics.intra_list_diversity(div_pred, {1: "ab"}, 3)
+    with pytest.raises(MetricsError, match="mapping"):
+        metrics.intra_list_diversity(div_pred, [("a",)], 3)
+    with pytest.raises(MetricsError, match="train: no rows"):
+        metrics.novelty(nov_train.iloc[:0], nov_pred, 3)
+    with pytest.raises(MetricsError, match="train: missing"):
+        metrics.novelty(nov_train.drop(columns="item_id"), nov_pred, 3)
+
+
+def _naive_diversity(pred: pd.DataFrame, cats: dict, k: int) -> float:
+    """Per-user loop over item pairs, from the definition."""
+    lists: dict = {}
+    for u, i, s in zip(pred.user_id, pred.item_id, pred.score, strict=True):
+        lists.setdefault(u, []).append((i, s))
+    per_user = []
+    for items in lists.values():
+        top = [i for i, _ in sorted(items, key=lambda t: -t[1])][:k]
+        if len(top) < 2:
+            continue
+        dists = []
+        for x in range(len(top)):
+            for y in range(x + 1, len(top)):
+                a, b = set(cats.get(top[x], ())), set(cats.get(top[y], ()))
+                dists.append(1.0 if not a or not b else 1 - len(a & b) / len(a | b))
+        per_user.append(sum(dists) / len(dists))
+    return sum(per_user) / len(per_user) if per_user else 0.0
+
+
+def _naive_novelty(train: pd.DataFrame, pred: pd.DataFrame, k: int) -> float:
+    counts: dict = {}
+    for i in train.item_id:
+        counts[i] = counts.get(i, 0) + 1
+    lists: dict = {}
+    for u, i, s in zip(pred.user_id, pred.item_id, pred.score, strict=True):
+        lists.setdefault(u, []).append((i, s))
+    nov = [
+        -math.log2(counts.get(i, 1) / len(train))
+        for items in lists.values()
+        for i, _ in sorted(items, key=lambda t: -t[1])[:k]
+    ]
+    return sum(nov) / len(nov)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 10])
+def test_beyond_accuracy_match_naive_reference_on_random_data(k):
+    rng = np.random.default_rng(11)
+    n_items = 50
+    names = list("abcdefgh")
+    cats = {
+        i: list(rng.choice(names, size=rng.integers(0, 4)))
+        for i in range(n_items)
+        if rng.random() < 0.8  # about a fifth of the items have no entry at all
+    }
+    pred = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 30, 300),
+            "item_id": rng.integers(0, n_items, 300),
+            "score": rng.integers(0, 4, 300).astype(float),  # ties
+        }
+    ).drop_duplicates(["user_id", "item_id"])
+    train = pd.DataFrame(
+        {"user_id": rng.integers(0, 30, 200), "item_id": rng.integers(0, n_items - 10, 200)}
+    )
+    assert metrics.intra_list_diversity(pred, cats, k) == pytest.approx(
+        _naive_diversity(pred, cats, k), abs=1e-12
+    )
+    assert metrics.novelty(train, pred, k) == pytest.approx(
+        _naive_novelty(train, pred, k), abs=1e-12
+    )
