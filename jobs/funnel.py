@@ -1,0 +1,452 @@
+"""The two-stage funnel end to end: signals -> candidates -> learned ranking -> re-ranking.
+
+Used by the daily DAG's ``rank`` and ``precompute`` steps and by ``recs evaluate``:
+
+* :func:`build_signals` puts the trained artefacts (ALS and two-tower vectors, Spark
+  co-visitation, MiniLM text vectors) and the training pairs on one catalog;
+* :func:`fit_artifacts` trains those artefacts in process (``recs evaluate``, tests);
+* :func:`training_set` / :func:`fit_ranker`: the ranker learns from candidates generated
+  on an earlier part of the data, labelled by what the users did next;
+* :func:`rank_users` scores every candidate of every user with the ranker;
+* :func:`final_lists` re-ranks (rules, diversity, freshness, no three of a category in a
+  row) and gives every item its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from models import candidates as cg
+from models import ranker as rk
+from models.rerank import RerankConfig, Rules, rerank
+
+log = logging.getLogger("recs.funnel")
+USER_BATCH = 256
+
+
+@dataclass
+class Artifacts:
+    """Trained inputs of the funnel; any may be None (its generator is then off)."""
+
+    als: object | None = None  # jobs.train_als.Factors
+    two_tower: object | None = None  # Factors layout: user/item ids and vectors
+    covisit: pd.DataFrame | None = None  # item_id, neighbour_id, score
+    text_ids: np.ndarray | None = None
+    text: np.ndarray | None = None  # (len(text_ids), d)
+
+
+@dataclass(frozen=True)
+class FunnelConfig:
+    sizes: cg.PoolSizes = cg.PoolSizes()
+    ease_lambda: float = 200.0
+    ease_max_items: int = 20_000
+    new_days: float = 14.0
+    ranker: rk.RankerConfig = rk.RankerConfig()
+    rerank: RerankConfig = RerankConfig(diversity=0.0, freshness_weight=0.0, max_run=2)
+
+
+def read_preferences(users_path: str | None) -> dict[int, list[str]]:
+    """Onboarding categories per user from the users snapshot's ``preferences`` JSON
+    (``{"categories": ["Comedy", ...]}``); users without any are left out."""
+    import json
+
+    if not users_path:
+        return {}
+    users = pd.read_parquet(users_path)
+    if "preferences" not in users:
+        return {}
+    out = {}
+    for uid, raw in zip(users["user_id"], users["preferences"], strict=True):
+        if not raw:
+            continue
+        cats = json.loads(raw).get("categories") or []
+        if isinstance(cats, list) and cats:
+            out[int(uid)] = [str(c) for c in cats]
+    return out
+
+
+def catalog_ids(pairs: pd.DataFrame, items: pd.DataFrame | None) -> np.ndarray:
+    ids = pairs["item_id"].to_numpy("int64")
+    if items is not None:
+        ids = np.concatenate([ids, items["item_id"].to_numpy("int64")])
+    return np.unique(ids)
+
+
+def _align(ids: np.ndarray, vectors: np.ndarray, on: np.ndarray) -> np.ndarray:
+    """Rows of ``vectors`` (keyed by ``ids``) in the order of ``on``; zeros where absent."""
+    out = np.zeros((len(on), vectors.shape[1]), "float32")
+    pos = pd.Index(ids).get_indexer(on)
+    out[pos >= 0] = vectors[pos[pos >= 0]]
+    return out
+
+
+def build_signals(pairs: pd.DataFrame, items: pd.DataFrame | None, art: Artifacts, *,
+                  as_of: pd.Timestamp, config: FunnelConfig = FunnelConfig(),
+                  users: np.ndarray | None = None,
+                  preferences: dict[int, list[str]] | None = None,
+                  countries: pd.Series | None = None) -> cg.Signals:
+    """Signals over the catalog (paired items and the items snapshot) for ``users``
+    (default: every user of ``pairs``, plus those with onboarding ``preferences``).
+    ``countries``: country code by user id (the ``country`` generator)."""
+    from models import popularity as pop
+
+    item_ids = catalog_ids(pairs, items)
+    if users is None:
+        users = np.unique(np.concatenate([pairs["user_id"].to_numpy("int64"),
+                                          np.fromiter((preferences or {}).keys(), "int64")]))
+    hist, weight = cg.histories(pairs, users, item_ids)
+    cats = pd.Series(index=item_ids, dtype="object")
+    if items is not None and "category" in items:
+        cats = items.drop_duplicates("item_id").set_index("item_id")["category"] \
+            .reindex(item_ids)
+    names = tuple(sorted(c for c in cats.dropna().unique()))
+    code = pd.Index(names).get_indexer(cats.to_numpy())
+    counts = pairs.groupby("item_id")["user_id"].nunique().reindex(item_ids, fill_value=0)
+    events = pairs[["user_id", "item_id", "timestamp"]]
+    decayed = pop.popularity(events, as_of).reindex(item_ids, fill_value=0.0).to_numpy()
+    trend = pop.trending(events, as_of).reindex(item_ids, fill_value=0.0).to_numpy()
+    trending = decayed / max(decayed.max(), 1e-9) + trend / max(trend.max(), 1e-9)
+    first = pairs.groupby("item_id")["timestamp"].min().reindex(item_ids)
+    if items is not None and "created_at" in items:
+        created = pd.to_datetime(items.drop_duplicates("item_id").set_index("item_id")
+                                 ["created_at"], utc=True).reindex(item_ids)
+        first = first.fillna(created)
+    age = ((as_of - first).dt.total_seconds() / 86_400.0).fillna(0.0).to_numpy("float32")
+    item_row = pd.Index(item_ids).get_indexer(pairs["item_id"].to_numpy())
+    user_row = pd.Index(users).get_indexer(pairs["user_id"].to_numpy())
+    prefs = {}
+    for uid, wanted in (preferences or {}).items():
+        r = pd.Index(users).get_indexer([uid])[0]
+        c = pd.Index(names).get_indexer(list(wanted))
+        if r >= 0 and (c >= 0).any():
+            prefs[int(r)] = c[c >= 0]
+    sig = cg.Signals(
+        user_ids=users, item_ids=item_ids, history=hist, history_weight=weight,
+        category=code.astype("int64"), category_names=names,
+        popularity=counts.to_numpy("float32"), trending=trending.astype("float32"),
+        age_days=np.maximum(age, 0.0), new_days=config.new_days,
+        item_hours=cg.hour_profile(item_row, pairs["timestamp"], len(item_ids)),
+        user_hours=cg.hour_profile(user_row, pairs["timestamp"], len(users)),
+        preferences=prefs)
+    if countries is not None and countries.notna().any():
+        country = countries.dropna().astype(str)
+        sig.country_names = tuple(sorted(country.unique()))
+        sig.user_country = pd.Index(sig.country_names).get_indexer(
+            country.reindex(users).to_numpy())
+        per = np.zeros((len(sig.country_names), len(item_ids)), "float32")
+        c_of_pair = pd.Index(sig.country_names).get_indexer(
+            country.reindex(pairs["user_id"].to_numpy()).to_numpy())
+        ok = (c_of_pair >= 0) & (item_row >= 0)
+        np.add.at(per, (c_of_pair[ok], item_row[ok]), 1.0)
+        sig.country_popularity = per / np.maximum(per.max(1, keepdims=True), 1.0)
+    if art.als is not None:
+        sig.als_users = _align(art.als.user_ids, art.als.user_factors, users)
+        sig.als_items = _align(art.als.item_ids, art.als.item_factors, item_ids)
+    if art.two_tower is not None:
+        sig.tt_users = _align(art.two_tower.user_ids, art.two_tower.user_factors, users)
+        sig.tt_items = _align(art.two_tower.item_ids, art.two_tower.item_factors, item_ids)
+    if art.text is not None:
+        t = _align(art.text_ids, art.text, item_ids)
+        sig.text = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-9)
+    if art.covisit is not None:
+        sig.covisit = cg.covisit_matrix(art.covisit, item_ids)
+    if config.ease_max_items > 0:
+        sig.ease, sig.itemknn = cg.item_item(pairs, item_ids, config.ease_lambda,
+                                             config.ease_max_items)
+    return sig
+
+
+def fit_artifacts(pairs: pd.DataFrame, items: pd.DataFrame, *, spark, settings,
+                  text: tuple[np.ndarray, np.ndarray] | None = None) -> Artifacts:
+    """Train ALS, the two-tower model and co-visitation on ``pairs`` in this process."""
+    from jobs import covisit, train_als
+    from jobs.train_two_tower import catalog
+    from models import two_tower as tt
+
+    t0 = time.perf_counter()
+    params = train_als.AlsParams(settings.als_rank, settings.als_reg, settings.als_alpha,
+                                 settings.als_iters, settings.seed)
+    als = train_als.train(spark, pairs, params)
+    t1 = time.perf_counter()
+    cat = catalog(items, pairs)
+    vectors = None
+    if text is not None:
+        vectors = _align(text[0], text[1], cat["item_id"].to_numpy())
+    model, item_feats, user_feats = tt.fit(pairs, cat, settings.two_tower_config(),
+                                           text=vectors)
+    two_tower = train_als.Factors(user_feats.user_ids, model.user_vectors(user_feats),
+                                  item_feats.item_ids, model.item_vectors(item_feats))
+    t2 = time.perf_counter()
+    co = covisit.count(spark, pairs, window=settings.covisit_window,
+                       top=settings.covisit_top, min_count=settings.covisit_min_count)
+    log.info("artifacts: ALS %.1fs, two-tower %.1fs, co-visitation %.1fs", t1 - t0, t2 - t1,
+             time.perf_counter() - t2)
+    return Artifacts(als, two_tower, co, None if text is None else text[0],
+                     None if text is None else text[1])
+
+
+# --- Candidates, features and the ranker ------------------------------------------------
+
+
+def candidate_batches(sig: cg.Signals, users: np.ndarray, sizes: cg.PoolSizes,
+                      batch: int = USER_BATCH):
+    """Yield (user rows, Candidates with user = positions into those rows, features)."""
+    for a in range(0, len(users), batch):
+        rows = users[a:a + batch]
+        cand = cg.generate(sig, rows, sizes)
+        yield rows, cand, cg.features(sig, rows, cand)
+
+
+def training_set(sig: cg.Signals, labels: pd.DataFrame, sizes: cg.PoolSizes,
+                 max_users: int = 20_000, seed: int = 42):
+    """(features, user, label, recall) for the users with label pairs, at most
+    ``max_users`` of them (seeded sample). ``recall``: the share of label pairs that
+    the candidates contain (the ceiling of any ranker)."""
+    lab_users = pd.Index(sig.user_ids).get_indexer(np.unique(labels["user_id"].to_numpy()))
+    lab_users = lab_users[lab_users >= 0]
+    if len(lab_users) > max_users:
+        lab_users = np.sort(np.random.default_rng(seed).choice(lab_users, max_users,
+                                                               replace=False))
+    item_row = pd.Index(sig.item_ids).get_indexer(labels["item_id"].to_numpy())
+    user_row = pd.Index(sig.user_ids).get_indexer(labels["user_id"].to_numpy())
+    ok = (item_row >= 0) & (user_row >= 0)
+    truth = set(zip(user_row[ok].tolist(), item_row[ok].tolist(), strict=True))
+    xs, us, ys = [], [], []
+    offset = 0
+    for rows, cand, x in candidate_batches(sig, lab_users, sizes):
+        users = rows[cand.user]
+        ys.append(np.fromiter(((u, i) in truth for u, i in zip(users.tolist(),
+                                                               cand.item.tolist(),
+                                                               strict=True)),
+                              bool, len(users)))
+        xs.append(x)
+        us.append(cand.user + offset)
+        offset += len(rows)
+    if not xs:
+        raise ValueError("no user with label pairs has candidates: nothing to train on")
+    y = np.concatenate(ys)
+    asked = set(lab_users.tolist())
+    n_truth = sum(1 for u, _ in truth if u in asked)
+    return np.concatenate(xs), np.concatenate(us), y, float(y.sum() / max(n_truth, 1))
+
+
+def fit_ranker(folds: list[tuple[cg.Signals, pd.DataFrame]], config: FunnelConfig,
+               log_epoch: Callable[[dict], None] | None = None) -> tuple[rk.Ranker, dict]:
+    """Train the ranker on one or more (signals, label pairs) folds, pooled."""
+    t0 = time.perf_counter()
+    xs, us, ys, recalls = [], [], [], []
+    offset = 0
+    for sig, labels in folds:
+        x, user, y, recall = training_set(sig, labels, config.sizes, seed=config.ranker.seed)
+        xs.append(x)
+        us.append(user + offset)
+        ys.append(y)
+        recalls.append(recall)
+        offset += int(user.max()) + 1 if len(user) else 0
+    x, user, y = np.concatenate(xs), np.concatenate(us), np.concatenate(ys)
+    t1 = time.perf_counter()
+    model = rk.train(x, user, y, cg.feature_names(), config.ranker, log=log_epoch)
+    n_users = len(np.unique(user))
+    info = {"folds": len(folds), "n_candidates": int(len(x)), "n_users": n_users,
+            "candidates_per_user": round(len(x) / max(n_users, 1), 1),
+            "candidate_recall": round(float(np.mean(recalls)), 4), "positives": int(y.sum()),
+            "features_seconds": round(t1 - t0, 1),
+            "train_seconds": round(time.perf_counter() - t1, 1),
+            "final_loss": model.log[-1]["loss"]}
+    log.info("ranker: %s", info)
+    return model, info
+
+
+@dataclass
+class Ranked:
+    """Per user (rows of ``users``): candidates sorted by ranker score, best first."""
+
+    users: np.ndarray
+    items: list[np.ndarray]
+    scores: list[np.ndarray]
+    source: list[np.ndarray]  # per item: index into SOURCES of its best-placed generator
+
+
+def rank_users(sig: cg.Signals, users: np.ndarray, config: FunnelConfig,
+               ranker: rk.Ranker | None, keep: int = 300, by: str | None = None) -> Ranked:
+    """Score every candidate with ``ranker`` (or, with ``by``, one generator's own
+    score: that generator alone) and keep the best ``keep`` per user."""
+    items, scores, source = [], [], []
+    col = None if by is None else cg.SOURCES.index(by)
+    sizes = config.sizes
+    if col is not None:  # one generator alone proposes its own pool
+        sizes = cg.PoolSizes(**{s: (keep if s == by else 0) for s in cg.SOURCES})
+    for rows, cand, x in candidate_batches(sig, users, sizes):
+        s = ranker.score(x) if col is None else cand.scores[:, col]
+        rel = np.where(cand.ranks >= 0, cand.ranks / np.maximum(
+            np.array([sizes.get(n) for n in cg.SOURCES]), 1), np.inf)
+        best = np.argmin(rel, axis=1)
+        starts = np.searchsorted(cand.user, np.arange(len(rows) + 1))
+        for a, b in zip(starts[:-1], starts[1:], strict=True):
+            order = a + np.argsort(-s[a:b], kind="stable")[:keep]
+            items.append(cand.item[order])
+            scores.append(s[order].astype("float32"))
+            source.append(best[order])
+    return Ranked(users, items, scores, source)
+
+
+# --- Re-ranking and reasons ---------------------------------------------------------------
+
+
+def reason_for(sig: cg.Signals, user: int, item: int, source: int,
+               titles, sim: np.ndarray | None) -> tuple[str, int]:
+    """(reason, reason_item_id or -1) for one recommended item."""
+    if source < 0:
+        return "Featured", -1
+    name = cg.SOURCES[source]
+    cat = sig.category[item]
+    cat_name = sig.category_names[cat] if cat >= 0 else None
+    hist = sig.history[user]
+    if name == "trending" and cat_name:
+        return f"Trending in {cat_name}", -1
+    if name == "new" and cat_name:
+        return f"New in {cat_name}", -1
+    if name == "country" and sig.user_country is not None and sig.user_country[user] >= 0:
+        return f"Popular in {sig.country_names[sig.user_country[user]]}", -1
+    if len(hist) and sim is not None and sim.max() > 0:
+        best = int(hist[int(np.argmax(sim))])
+        iid = int(sig.item_ids[best])
+        title = titles.get(iid, str(iid))
+        if name == "text":
+            return f"Similar to {title}", iid
+        return f"Because you watched {title}", iid
+    if name == "trending":
+        return "Trending now", -1
+    return "Recommended for you", -1
+
+
+def history_similarity(sig: cg.Signals, user: int, items: np.ndarray,
+                       source: np.ndarray, unit_als: np.ndarray | None = None
+                       ) -> list[np.ndarray | None]:
+    """Per item: its similarity to each history item (the measure behind its reason):
+    text cosine for text picks, else co-visitation plus 1e-3 x ALS cosine (text cosine
+    for an item without an ALS vector), which breaks ties and zeros."""
+    hist = sig.history[user]
+    if not len(hist):
+        return [None] * len(items)
+    if unit_als is None and sig.als_items is not None:
+        unit_als = _unit_rows(sig.als_items)
+    co = sig.covisit[hist][:, items].toarray().T if sig.covisit is not None else \
+        np.zeros((len(items), len(hist)), "float32")
+    als = unit_als[items] @ unit_als[hist].T if unit_als is not None else None
+    txt = sig.text[items] @ sig.text[hist].T if sig.text is not None else None
+    out = []
+    for n, (item, src) in enumerate(zip(items, source, strict=True)):
+        if src >= 0 and cg.SOURCES[src] == "text" and txt is not None:
+            out.append(txt[n])
+            continue
+        s = co[n].astype("float32")
+        if als is not None and unit_als[item].any():
+            s = s + 1e-3 * als[n]
+        elif txt is not None:
+            s = s + 1e-3 * txt[n]
+        out.append(s)
+    return out
+
+
+def _unit_rows(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.where(n == 0, 1.0, n)
+
+
+def final_lists(sig: cg.Signals, ranked: Ranked, titles: pd.Series, k: int, *,
+                config: RerankConfig, rules: Rules = Rules(), with_reasons: bool = True
+                ) -> pd.DataFrame:
+    """Re-ranked top ``k`` per user with reasons: the published list layout."""
+    cats = [sig.category_names[c] if c >= 0 else None for c in sig.category]
+    pin_rows = pd.Index(sig.item_ids).get_indexer(list(rules.pins))
+    pin_rows = pin_rows[pin_rows >= 0]
+    unit_als = _unit_rows(sig.als_items) if sig.als_items is not None else None
+    titles = titles[~titles.index.duplicated()].to_dict()
+    records = []
+    for n, u in enumerate(ranked.users):
+        items, scores, source = ranked.items[n], ranked.scores[n], ranked.source[n]
+        extra = pin_rows[~np.isin(pin_rows, items)]
+        if len(extra):  # a pinned item goes into every list, found by a generator or not
+            items = np.concatenate([items, extra])
+            scores = np.concatenate([scores, np.full(len(extra), -np.inf, "float32")])
+            source = np.concatenate([source, np.full(len(extra), -1)])
+        vectors = sig.text[items] if sig.text is not None and config.diversity else None
+        pos = rerank(sig.item_ids[items], scores, [cats[i] for i in items], k,
+                     config=config, rules=rules, vectors=vectors,
+                     age_days=sig.age_days[items],
+                     consumed=frozenset(sig.item_ids[sig.history[u]].tolist()))
+        items, scores, source = items[pos], scores[pos], source[pos]
+        if with_reasons:
+            sims = history_similarity(sig, u, items, source, unit_als)
+            why = [reason_for(sig, u, i, s, titles, m)
+                   for i, s, m in zip(items, source, sims, strict=True)]
+        else:
+            why = [("", -1)] * len(items)
+        records.append((int(sig.user_ids[u]), sig.item_ids[items].astype("int64"),
+                        scores.astype("float32"), [w[0] for w in why],
+                        np.array([w[1] for w in why], "int64"),
+                        [cg.SOURCES[s] if s >= 0 else "pin" for s in source],
+                        sig.item_ids[sig.history[u][:10]].astype("int64")))
+    return pd.DataFrame(records, columns=["user_id", "items", "scores", "reasons",
+                                          "reason_item_ids", "sources", "history_tail"])
+
+
+# --- Evaluation ---------------------------------------------------------------------------
+
+K = 10
+
+
+def _frame(user_ids: np.ndarray, items: list[np.ndarray]) -> pd.DataFrame:
+    """Ranked lists as (user_id, item_id, score) rows, score = descending positions."""
+    n = np.array([len(i) for i in items])
+    return pd.DataFrame({"user_id": np.repeat(user_ids, n),
+                         "item_id": np.concatenate(items) if len(items) else [],
+                         "score": np.concatenate([np.arange(len(i), 0, -1) for i in items])
+                         if len(items) else []})
+
+
+def evaluate_table(sig: cg.Signals, ranker: rk.Ranker | None, config: FunnelConfig,
+                   train: pd.DataFrame, test: pd.DataFrame, *, n_catalog: int,
+                   titles: pd.Series, rules: Rules = Rules(), k: int = K,
+                   generators: bool = True) -> dict[str, dict[str, float]]:
+    """Metrics at ``k`` on ``test`` of popularity, each generator alone (ALS and the
+    two-tower model among them), the ranker before re-ranking and the full pipeline (the
+    published lists: ranker, re-ranking and rules), all on the same users: the test
+    users with training pairs, their training items excluded."""
+    from jobs.evaluate import named, popularity_predictions
+    from models.metrics import evaluate_all
+
+    test_users = np.intersect1d(test["user_id"].to_numpy(), train["user_id"].to_numpy())
+    rows = pd.Index(sig.user_ids).get_indexer(test_users)
+    rows = rows[rows >= 0]
+    user_ids = sig.user_ids[rows]
+    truth = test[["user_id", "item_id"]]
+    cats = {int(i): ({sig.category_names[c]} if c >= 0 else set())
+            for i, c in zip(sig.item_ids, sig.category, strict=True)}
+
+    def score(pred: pd.DataFrame) -> dict[str, float]:
+        return named(evaluate_all(truth, pred, k=k, n_catalog=n_catalog,
+                                  item_categories=cats, train=train), k)
+
+    out = {"popularity": score(popularity_predictions(train, user_ids, k))}
+    if generators:
+        for source in cg.SOURCES:
+            if cg.signal_scores(sig, source, rows[:1]) is None:
+                continue
+            ranked = rank_users(sig, rows, config, None, keep=k, by=source)
+            out[source] = score(_frame(user_ids, [sig.item_ids[i] for i in ranked.items]))
+    if ranker is not None:
+        ranked = rank_users(sig, rows, config, ranker)
+        out["ranker"] = score(_frame(user_ids, [sig.item_ids[i[:k]] for i in ranked.items]))
+        lists = final_lists(sig, ranked, titles, k, config=config.rerank, rules=rules,
+                            with_reasons=False)
+        out["full_pipeline"] = score(_frame(lists["user_id"].to_numpy(),
+                                            list(lists["items"])))
+    return out
