@@ -62,6 +62,21 @@ class Settings:
     statement_timeout_ms: int = 200
     popular_refresh_s: float = 30.0
     exclude_max: int = 500
+    # The funnel (issue 3): generators, ranker, re-ranking.
+    two_tower_epochs: int = 0  # 0: the model's default
+    two_tower_text: int = 1  # 1: the item tower reads MiniLM text embeddings
+    covisit_window: int = 20
+    covisit_top: int = 100
+    covisit_min_count: int = 2
+    ease_lambda: float = 200.0
+    ease_max_items: int = 20_000  # EASE is dense (items^2 floats); off above this
+    ranker_epochs: int = 20
+    ranker_holdout: float = 0.2  # share of the training pairs (newest) that label the ranker
+    ranker_split: str = "time"  # how the ranker's labels are held out: time | stratified
+    rerank_diversity: float = 0.0
+    rerank_freshness: float = 0.0
+    rerank_max_run: int = 2
+    rules_file: str = ""  # business rules (CSV kind,value,slot); also the rerank_rules table
 
     @property
     def pg_dir(self) -> Path:
@@ -90,8 +105,31 @@ class Settings:
         """Parameters that shape a model version (hashed into its config digest)."""
         keys = ("top_k", "similar_k", "trending_k", "trending_days", "window_days", "seed",
                 "als_rank", "als_reg", "als_alpha", "als_iters", "exact_index_max_items",
-                "holdout_fraction", "gate_margin")
+                "holdout_fraction", "gate_margin", "two_tower_epochs", "two_tower_text",
+                "covisit_window", "covisit_top", "covisit_min_count", "ease_lambda",
+                "ease_max_items", "ranker_epochs", "ranker_holdout", "ranker_split",
+                "rerank_diversity", "rerank_freshness", "rerank_max_run")
         return {k: getattr(self, k) for k in keys}
+
+    def two_tower_config(self):
+        from models.two_tower import TwoTowerConfig
+
+        cfg = TwoTowerConfig(seed=self.seed)
+        return cfg if not self.two_tower_epochs else \
+            dataclasses.replace(cfg, epochs=self.two_tower_epochs)
+
+    def funnel_config(self):
+        from jobs.funnel import FunnelConfig
+        from models.ranker import RankerConfig
+        from models.rerank import RerankConfig
+
+        return FunnelConfig(
+            ease_lambda=self.ease_lambda, ease_max_items=self.ease_max_items,
+            new_days=float(self.new_item_days),
+            ranker=RankerConfig(epochs=self.ranker_epochs, seed=self.seed),
+            rerank=RerankConfig(diversity=self.rerank_diversity,
+                                freshness_weight=self.rerank_freshness,
+                                max_run=self.rerank_max_run))
 
     def digest(self) -> str:
         blob = json.dumps(self.model_params(), sort_keys=True).encode()
@@ -126,6 +164,18 @@ _RANGES: dict[str, tuple[float, float]] = {
     "statement_timeout_ms": (1, 600_000),
     "popular_refresh_s": (0.1, 86_400),
     "exclude_max": (0, 100_000),
+    "two_tower_epochs": (0, 1000),
+    "two_tower_text": (0, 1),
+    "covisit_window": (1, 1000),
+    "covisit_top": (1, 10_000),
+    "covisit_min_count": (1, 10**6),
+    "ease_lambda": (0.0, 1e9),
+    "ease_max_items": (0, 100_000),
+    "ranker_epochs": (1, 1000),
+    "ranker_holdout": (0.01, 0.9),
+    "rerank_diversity": (0.0, 1.0),
+    "rerank_freshness": (0.0, 100.0),
+    "rerank_max_run": (1, 1000),
 }
 
 
@@ -166,6 +216,9 @@ def _validate(s: Settings) -> None:
                                                           "postgresql+psycopg2://")):
         raise SettingsError(f"{PREFIX}DATABASE_URL: expected a postgresql:// URL, "
                             f"got {s.database_url.split(':')[0]!r}")
+    if s.ranker_split not in ("time", "stratified"):
+        raise SettingsError(f"{PREFIX}RANKER_SPLIT={s.ranker_split!r}: expected 'time' or "
+                            "'stratified'")
     if s.serve_limit_default > s.serve_limit_max:
         raise SettingsError(f"{PREFIX}SERVE_LIMIT_DEFAULT exceeds {PREFIX}SERVE_LIMIT_MAX")
 

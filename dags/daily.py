@@ -1,4 +1,8 @@
-"""Daily: extract -> prepare -> Spark ALS -> index -> precompute -> evaluate -> gate -> publish.
+"""Daily: the two-stage funnel, from the day's events to published lists.
+
+extract -> prepare -> [Spark ALS, Spark co-visitation, text embeddings -> two-tower,
+item stats, FAISS index] -> ranker -> precompute (candidates, ranking, re-ranking,
+reasons) -> evaluate -> gate -> publish.
 
 Wiring only: every step is a function in jobs/daily.py; heavy imports happen inside the
 tasks; XCom carries paths and small dicts. Each run covers its data interval (one day),
@@ -45,16 +49,31 @@ def daily():
         return steps.item_stats(_day(), extracted)
 
     @task
+    def text_embeddings(extracted: dict) -> dict:
+        return steps.text_embeddings(_day(), extracted)
+
+    @task
+    def train_two_tower(pairs: dict, extracted: dict, text: dict) -> dict:
+        return steps.train_two_tower(_day(), pairs, extracted, text)
+
+    @task
+    def train_ranker(pairs: dict, extracted: dict, text: dict, two_tower: dict) -> dict:
+        return steps.train_ranker(_day(), pairs, extracted, text, two_tower)
+
+    @task
     def build_index(pairs: dict) -> dict:
         return steps.build_index(_day(), pairs)
 
     @task
-    def precompute(pairs: dict, extracted: dict, index: dict) -> dict:
-        return steps.precompute(_day(), pairs, extracted, index)
+    def precompute(pairs: dict, extracted: dict, index: dict, text: dict, two_tower: dict,
+                   ranker: dict) -> dict:
+        return steps.precompute(_day(), pairs, extracted, index, text, two_tower, ranker)
 
     @task
-    def evaluate(pairs: dict, extracted: dict, index: dict, lists: dict, stats: dict) -> dict:
-        return steps.evaluate(_day(), pairs, extracted, index, lists, stats)
+    def evaluate(pairs: dict, extracted: dict, index: dict, lists: dict, stats: dict,
+                 text: dict, two_tower: dict, ranker: dict) -> dict:
+        return steps.evaluate(_day(), pairs, extracted, index, lists, stats, text, two_tower,
+                              ranker)
 
     @task.short_circuit
     def gate(result: dict) -> bool:
@@ -77,10 +96,23 @@ def daily():
         verbose=False,
     )
     stats = item_stats(extracted)
+    covisit = SparkSubmitOperator(
+        task_id="covisit",
+        application=steps.COVISIT_APP,
+        conn_id="spark_default",
+        application_args=pairs["covisit_args"],
+        conf=steps.spark_conf(),
+        name="recs-covisit",
+        verbose=False,
+    )
     index = build_index(pairs)
     pairs >> train_als >> index
-    lists = precompute(pairs, extracted, index)
-    result = evaluate(pairs, extracted, index, lists, stats)
+    text = text_embeddings(extracted)
+    two_tower = train_two_tower(pairs, extracted, text)
+    ranker = train_ranker(pairs, extracted, text, two_tower)
+    [train_als, covisit] >> ranker
+    lists = precompute(pairs, extracted, index, text, two_tower, ranker)
+    result = evaluate(pairs, extracted, index, lists, stats, text, two_tower, ranker)
     gate(result) >> publish(result, pairs, lists, stats)
 
 

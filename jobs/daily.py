@@ -10,11 +10,17 @@ import datetime as dt
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from core import lake
 from core import settings as settings_mod
 from core.settings import PROJECT_ROOT
 
 ALS_APP = str(PROJECT_ROOT / "jobs" / "train_als.py")
+COVISIT_APP = str(PROJECT_ROOT / "jobs" / "covisit.py")
+# Each trained artefact exists three times: on the full window (published lists), on the
+# evaluation split's training part (the gate) and on the ranker's training part.
+FITS = {"full": "full", "eval": "train", "rank": "rank_train"}
 
 
 def day_of(data_interval_end: dt.datetime) -> dt.date:
@@ -32,19 +38,37 @@ def prepare(day: dt.date, extracted: dict) -> dict:
     from jobs import prepare as job
 
     s = settings_mod.get()
-    out = job.run(day, extracted["events"], holdout=s.holdout_fraction, seed=s.seed)
+    out = job.run(day, extracted["events"], holdout=s.holdout_fraction, seed=s.seed,
+                  rank_holdout=s.ranker_holdout, rank_split=s.ranker_split)
     als_dir = lake.partition("als", day)
     out["als_dir"] = str(als_dir)
     out["als_args"] = als_args(out, als_dir)
+    covisit_dir = lake.partition("covisit", day)
+    out["covisit_dir"] = str(covisit_dir)
+    out["covisit_args"] = covisit_args(out, covisit_dir)
     return out
+
+
+def _inputs(pairs: dict) -> list[str]:
+    args = []
+    for name, part in FITS.items():
+        args += ["--input", f"{name}={pairs[part]}"]
+    return args
 
 
 def als_args(pairs: dict, out_dir: Path) -> list[str]:
     """Arguments of the Spark application jobs/train_als.py for this run."""
     s = settings_mod.get()
-    return ["--input", f"full={pairs['full']}", "--input", f"eval={pairs['train']}",
-            "--out", str(out_dir), "--rank", str(s.als_rank), "--reg", str(s.als_reg),
-            "--alpha", str(s.als_alpha), "--iters", str(s.als_iters), "--seed", str(s.seed)]
+    return [*_inputs(pairs), "--out", str(out_dir), "--rank", str(s.als_rank),
+            "--reg", str(s.als_reg), "--alpha", str(s.als_alpha), "--iters", str(s.als_iters),
+            "--seed", str(s.seed)]
+
+
+def covisit_args(pairs: dict, out_dir: Path) -> list[str]:
+    """Arguments of the Spark application jobs/covisit.py for this run."""
+    s = settings_mod.get()
+    return [*_inputs(pairs), "--out", str(out_dir), "--window", str(s.covisit_window),
+            "--top", str(s.covisit_top), "--min-count", str(s.covisit_min_count)]
 
 
 def spark_conf() -> dict[str, str]:
@@ -62,8 +86,87 @@ def train_als_inline(pairs: dict) -> dict:
 
     s = settings_mod.get()
     params = train_als.AlsParams(s.als_rank, s.als_reg, s.als_alpha, s.als_iters, s.seed)
-    return train_als.run({"full": pairs["full"], "eval": pairs["train"]}, pairs["als_dir"],
+    return train_als.run({name: pairs[part] for name, part in FITS.items()}, pairs["als_dir"],
                          params, master=s.spark_master, driver_memory=s.spark_driver_memory)
+
+
+def covisit_inline(pairs: dict) -> dict:
+    """Co-visitation counts in this process (what spark-submit runs)."""
+    from jobs import covisit
+
+    s = settings_mod.get()
+    return covisit.run_many({name: pairs[part] for name, part in FITS.items()},
+                            pairs["covisit_dir"], window=s.covisit_window, top=s.covisit_top,
+                            min_count=s.covisit_min_count, master=s.spark_master,
+                            driver_memory=s.spark_driver_memory)
+
+
+def text_embeddings(day: dt.date, extracted: dict) -> dict:
+    from jobs import text_embeddings as job
+
+    return job.run(extracted["items"])
+
+
+def train_two_tower(day: dt.date, pairs: dict, extracted: dict, text: dict) -> dict:
+    """The two-tower model on each fit's pairs, with its own FAISS index."""
+    from jobs import train_two_tower as job
+
+    s = settings_mod.get()
+    out = {}
+    for name, part in FITS.items():
+        res = job.run(pairs[part], extracted["items"],
+                      str(lake.partition("two_tower", day) / name), s.two_tower_config(),
+                      users_path=extracted.get("users"),
+                      text_store=text["store"] if s.two_tower_text else None,
+                      exact_max=s.exact_index_max_items)
+        out[name] = {k: res[k] for k in ("dir", "train_seconds", "loss", "items_ip")}
+    return {"dir": str(lake.partition("two_tower", day)), "fits": out}
+
+
+def _signals(day: dt.date, fit: str, pairs: dict, extracted: dict, text: dict,
+             two_tower: dict):
+    """The funnel's signals from one fit's artefacts (``fit``: full, eval or rank)."""
+    import pandas as pd
+
+    from jobs import funnel
+    from jobs.train_als import load_factors
+
+    s = settings_mod.get()
+    train = pd.read_parquet(pairs[FITS[fit]])
+    items = pd.read_parquet(extracted["items"])
+    store = pd.read_parquet(text["store"])
+    art = funnel.Artifacts(
+        als=load_factors(Path(pairs["als_dir"]) / fit),
+        two_tower=load_factors(Path(two_tower["dir"]) / fit),
+        covisit=pd.read_parquet(Path(pairs["covisit_dir"]) / fit / "covisit.parquet"),
+        text_ids=store["item_id"].to_numpy(),
+        text=np.stack(store["vector"].to_numpy()) if len(store) else None)
+    prefs = funnel.read_preferences(extracted.get("users"))
+    countries = None
+    if extracted.get("users"):
+        countries = pd.read_parquet(extracted["users"]).set_index("user_id")["country"]
+    as_of = pd.Timestamp(extracted["data_end"])
+    return funnel.build_signals(train, items, art, as_of=as_of, config=s.funnel_config(),
+                                preferences=prefs, countries=countries), train, items
+
+
+def train_ranker(day: dt.date, pairs: dict, extracted: dict, text: dict,
+                 two_tower: dict) -> dict:
+    """The learned ranker: candidates from the ``rank`` fit, labels = ``rank_labels``."""
+    import pandas as pd
+
+    from jobs import funnel
+
+    s = settings_mod.get()
+    sig, _, _ = _signals(day, "rank", pairs, extracted, text, two_tower)
+    model, info = funnel.fit_ranker([(sig, pd.read_parquet(pairs["rank_labels"]))],
+                                    s.funnel_config())
+    out = lake.partition("ranker", day)
+    with lake.atomic_dir(out) as tmp:
+        model.save(tmp)
+    return {"dir": str(out), **info, "features": model.names,
+            "params": {"hidden": list(model.config.hidden), "epochs": model.config.epochs,
+                       "lr": model.config.lr, "seed": model.config.seed}}
 
 
 def item_stats(day: dt.date, extracted: dict) -> dict:
@@ -83,25 +186,44 @@ def build_index(day: dt.date, pairs: dict) -> dict:
                    exact_max=s.exact_index_max_items, seed=s.seed)
 
 
-def precompute(day: dt.date, pairs: dict, extracted: dict, index: dict) -> dict:
+def precompute(day: dt.date, pairs: dict, extracted: dict, index: dict, text: dict,
+               two_tower: dict, ranker: dict) -> dict:
     from jobs import precompute as job
 
     s = settings_mod.get()
-    return job.run(day, str(Path(pairs["als_dir"]) / "full"), index["dir"], pairs["full"],
-                   extracted["items"], top_k=s.top_k, similar_k=s.similar_k)
+    sig, _, items = _signals(day, "full", pairs, extracted, text, two_tower)
+    return job.run_funnel(day, sig, ranker["dir"], items, str(Path(pairs["als_dir"]) / "full"),
+                          index["dir"], top_k=s.top_k, similar_k=s.similar_k,
+                          config=s.funnel_config(), rules=job.load_rules(items))
 
 
 def evaluate(day: dt.date, pairs: dict, extracted: dict, index: dict, lists: dict,
-             stats: dict) -> dict:
+             stats: dict, text: dict, two_tower: dict, ranker: dict) -> dict:
+    """The gate's figures: the whole funnel fitted on the training part (``eval`` fit)
+    with the day's ranker, against popularity and each generator, on the test part."""
+    import pandas as pd
+
     from jobs import evaluate as job
+    from jobs import funnel
+    from jobs import precompute as pre
+    from models.ranker import Ranker
 
     s = settings_mod.get()
     version = job.model_version(day, s.digest())
+    sig, train, items = _signals(day, "eval", pairs, extracted, text, two_tower)
+    test = pd.read_parquet(pairs["test"])
+    metrics = funnel.evaluate_table(
+        sig, Ranker.load(ranker["dir"]), s.funnel_config(), train, test,
+        n_catalog=int(pairs["n_items"]), titles=items.set_index("item_id")["title"],
+        rules=pre.load_rules(items))
+    metrics["ranker_training"] = {k: v for k, v in ranker.items() if k != "dir"}
+    metrics["two_tower_training"] = two_tower["fits"]["full"]
     artifacts = {"events": extracted["events"], "pairs": pairs["full"],
-                 "als": pairs["als_dir"], "index": index["dir"], **lists,
+                 "als": pairs["als_dir"], "covisit": pairs["covisit_dir"],
+                 "two_tower": two_tower["dir"], "ranker": ranker["dir"],
+                 "text": text["store"], "index": index["dir"], **lists,
                  "item_stats": stats["lists"]}
-    return job.run(day, version=version,
-                   eval_factors_dir=str(Path(pairs["als_dir"]) / "eval"), pairs=pairs,
+    return job.run(day, version=version, metrics=metrics, pairs=pairs,
                    extract=extracted, index_meta=index["meta"], artifacts=artifacts,
                    params=s.model_params(), digest=s.digest(), margin=s.gate_margin)
 
@@ -120,10 +242,14 @@ def run_all(day: dt.date) -> dict:
     ex = extract(day)
     pairs = prepare(day, ex)
     train_als_inline(pairs)
+    covisit_inline(pairs)
+    text = text_embeddings(day, ex)
+    tt = train_two_tower(day, pairs, ex, text)
     stats = item_stats(day, ex)
     index = build_index(day, pairs)
-    lists = precompute(day, pairs, ex, index)
-    result = evaluate(day, pairs, ex, index, lists, stats)
+    ranker = train_ranker(day, pairs, ex, text, tt)
+    lists = precompute(day, pairs, ex, index, text, tt, ranker)
+    result = evaluate(day, pairs, ex, index, lists, stats, text, tt, ranker)
     if result["passed"]:
         result["publish"] = publish(result, pairs, lists, stats)
     return result

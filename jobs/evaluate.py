@@ -9,14 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from core import db
 from jobs.precompute import recommend
-from jobs.train_als import Factors, load_factors
+from jobs.train_als import Factors
 from models import index as ann
 from models import popularity as pop
 from models.metrics import evaluate_all
@@ -81,11 +80,17 @@ def named(metrics: dict[str, float], k: int) -> dict[str, float]:
     return {key.replace("@k", f"@{k}"): round(float(v), 6) for key, v in metrics.items()}
 
 
+def gated_model(metrics: dict) -> str:
+    """The published model's key: the full funnel where it ran, else ALS."""
+    return "full_pipeline" if "full_pipeline" in metrics else "als"
+
+
 def passes_gate(metrics: dict[str, dict[str, float]], margin: float,
                 live_ndcg: float | None = None, tolerance: float = 0.02) -> tuple[bool, str]:
-    """A version must beat popularity on NDCG@10 by ``margin`` and not fall more than
-    ``tolerance`` below the live version."""
-    ndcg, base = metrics["als"][f"ndcg@{K}"], metrics["popularity"][f"ndcg@{K}"]
+    """A version's published lists must beat popularity on NDCG@10 by ``margin`` and not
+    fall more than ``tolerance`` below the live version."""
+    ndcg = metrics[gated_model(metrics)][f"ndcg@{K}"]
+    base = metrics["popularity"][f"ndcg@{K}"]
     if ndcg <= base + margin:
         return False, f"NDCG@{K} {ndcg:.4f} does not beat popularity {base:.4f} + {margin}"
     if live_ndcg is not None and ndcg < live_ndcg - tolerance:
@@ -98,18 +103,17 @@ def model_version(day: dt.date, digest: str) -> str:
     return f"v{day:%Y%m%d}-{digest[:8]}"
 
 
-def run(day: dt.date, *, version: str, eval_factors_dir: str, pairs: dict, extract: dict,
+def run(day: dt.date, *, version: str, metrics: dict, pairs: dict, extract: dict,
         index_meta: dict, artifacts: dict, params: dict, digest: str, margin: float,
         dsn: str | None = None) -> dict:
-    """Evaluate, record the run in ``model_runs`` and return whether it may publish."""
-    train = pd.read_parquet(pairs["train"])
-    test = pd.read_parquet(pairs["test"])
-    full_items = int(pd.read_parquet(pairs["full"], columns=["item_id"])["item_id"].nunique())
-    metrics = compare(load_factors(Path(eval_factors_dir)), train, test, full_items,
-                      exact_max=params.get("exact_index_max_items", 50_000))
-    metrics["index"] = index_meta
+    """Gate ``metrics`` (jobs.funnel.evaluate_table), record the run in ``model_runs``
+    and return whether it may publish."""
+    metrics = {**metrics, "index": index_meta}
+    gated = gated_model(metrics)
     with db.transaction(dsn) as cur:
-        cur.execute("""SELECT (r.metrics->'als'->>'ndcg@10')::float FROM serving_state s
+        cur.execute("""SELECT COALESCE(r.metrics->'full_pipeline'->>'ndcg@10',
+                                       r.metrics->'als'->>'ndcg@10')::float
+                       FROM serving_state s
                        JOIN model_runs r ON r.model_version = s.live_version
                        WHERE s.live_version <> %s""", (version,))
         row = cur.fetchone()
@@ -133,6 +137,6 @@ def run(day: dt.date, *, version: str, eval_factors_dir: str, pairs: dict, extra
              extract["data_until"], pairs["n_users"], pairs["n_items"], extract["n_events"],
              json.dumps(metrics), json.dumps(artifacts), status, message))
     log.info("%s: %s (%s)", version, status, message)
-    return {"version": version, "passed": passed, "message": message,
-            "ndcg@10": metrics["als"]["ndcg@10"],
+    return {"version": version, "passed": passed, "message": message, "model": gated,
+            "ndcg@10": metrics[gated]["ndcg@10"],
             "popularity_ndcg@10": metrics["popularity"]["ndcg@10"]}

@@ -30,7 +30,8 @@ ITEM_SCHEMA = pa.schema([
     ("item_id", pa.int64()), ("title", pa.string()), ("category", pa.string()),
     ("tags", pa.list_(pa.string())), ("created_at", pa.timestamp("us", tz="UTC")),
 ])
-USER_SCHEMA = pa.schema([("user_id", pa.int64()), ("country", pa.string())])
+USER_SCHEMA = pa.schema([("user_id", pa.int64()), ("country", pa.string()),
+                         ("preferences", pa.string())])  # JSON text, e.g. onboarding
 CHUNK = 200_000
 
 
@@ -89,7 +90,7 @@ def run(day: dt.date, *, dsn: str | None = None, lake_root: Path | None = None,
                             ITEM_SCHEMA, tmp / "items.parquet")
         conn.commit()
         with conn.cursor(name="extract_users") as cur, lake.atomic_dir(users_dir) as tmp:
-            _dump(cur, "SELECT user_id, country FROM users ORDER BY user_id", (),
+            _dump(cur, "SELECT user_id, country, preferences::text FROM users ORDER BY user_id", (),
                   USER_SCHEMA, tmp / "users.parquet")
         conn.commit()
         with conn.cursor() as cur:

@@ -1,9 +1,12 @@
 """Precompute per-user top-K lists and per-item similar lists, each item with a reason.
 
-Personalized: ALS user vector against the inner-product index, the user's consumed items
-excluded; the reason names the item of the user's history most similar to the pick
-("Because you watched <title>"). Similar items: cosine neighbours of each item
-("Similar to <title>"). Output: ``lists/dt=<date>/{recommendations,similar}.parquet``.
+Personalized (:func:`run_funnel`, the daily DAG): the funnel of jobs/funnel.py, i.e.
+candidates from every generator, the learned ranker, re-ranking with the business rules,
+and a true reason per item. :func:`personalized_lists` is the ALS-only path the nearline
+DAG uses to refresh a user's list between daily runs (the reason names the item of the
+user's history most similar to the pick). Similar items: cosine neighbours of each item
+in ALS space ("Similar to <title>"). Output:
+``lists/dt=<date>/{recommendations,similar}.parquet``.
 """
 
 from __future__ import annotations
@@ -112,3 +115,47 @@ def run(day: dt.date, factors_dir: str, index_dir: str, pairs_path: str, items_p
     return {"recommendations": str(out / "recommendations.parquet"),
             "similar": str(out / "similar.parquet"), "n_users": len(recs),
             "n_similar": len(sims), "users_per_s": round(len(recs) / max(t1 - t0, 1e-9), 1)}
+
+
+def load_rules(items: pd.DataFrame, dsn: str | None = None):
+    """Business rules from the ``rerank_rules`` table and ``RECS_RULES_FILE``."""
+    from core import db
+    from core import settings as settings_mod
+    from jobs import rules
+
+    s = settings_mod.get()
+    tags = dict(zip(items["item_id"].to_numpy().tolist(), items["tags"], strict=True))
+    conn = db.connect(dsn)
+    try:
+        return rules.load(conn, s.rules_file or None, tags)
+    finally:
+        conn.close()
+
+
+def run_funnel(day: dt.date, sig, ranker_dir: str, items: pd.DataFrame, factors_dir: str,
+               index_dir: str, *, top_k: int, similar_k: int, config, rules,
+               lake_root: Path | None = None) -> dict:
+    """Every user's list through the funnel, and the similar-items lists."""
+    from jobs import funnel
+    from models.ranker import Ranker
+
+    t0 = time.perf_counter()
+    titles = items.set_index("item_id")["title"]
+    ranked = funnel.rank_users(sig, np.arange(sig.n_users), config, Ranker.load(ranker_dir))
+    recs = funnel.final_lists(sig, ranked, titles, top_k, config=config.rerank, rules=rules)
+    t1 = time.perf_counter()
+    factors = load_factors(Path(factors_dir))
+    sims = similar_lists(factors, load_index(Path(index_dir) / "items_cos.faiss"), titles,
+                         similar_k)
+    out = lake.partition("lists", day, lake_root)
+    with lake.atomic_dir(out) as tmp:
+        recs.to_parquet(tmp / "recommendations.parquet", index=False)
+        sims.to_parquet(tmp / "similar.parquet", index=False)
+    rate = len(recs) / max(t1 - t0, 1e-9)
+    log.info("funnel: %d user lists in %.1fs (%.0f users/s), %d similar lists", len(recs),
+             t1 - t0, rate, len(sims))
+    sources = pd.Series(np.concatenate(recs["sources"].to_numpy()) if len(recs) else [])
+    return {"recommendations": str(out / "recommendations.parquet"),
+            "similar": str(out / "similar.parquet"), "n_users": len(recs),
+            "n_similar": len(sims), "users_per_s": round(rate, 1),
+            "sources": {k: int(v) for k, v in sources.value_counts().items()}}

@@ -77,6 +77,17 @@ def text_matrix(items: pd.DataFrame, cache_dir: Path | None = None) -> np.ndarra
     return vectors
 
 
+def store_vectors(store: pd.DataFrame, item_ids: np.ndarray) -> np.ndarray:
+    """Rows of a text store (item_id, vector) in the order of ``item_ids`` (zeros for an
+    item without a vector yet)."""
+    vecs = np.stack(store["vector"].to_numpy()).astype("float32") if len(store) else \
+        np.zeros((0, 1), "float32")
+    out = np.zeros((len(item_ids), vecs.shape[1]), "float32")
+    pos = pd.Index(store["item_id"].to_numpy()).get_indexer(item_ids)
+    out[pos >= 0] = vecs[pos[pos >= 0]]
+    return out
+
+
 def _vectors_frame(ids: np.ndarray, vectors: np.ndarray) -> pd.DataFrame:
     frame = pd.DataFrame({"id": np.asarray(ids, dtype="int64")})
     frame["vector"] = list(np.asarray(vectors, dtype="float32"))
@@ -85,12 +96,13 @@ def _vectors_frame(ids: np.ndarray, vectors: np.ndarray) -> pd.DataFrame:
 
 def run(pairs_path: str, items_path: str, out_dir: str,
         config: TwoTowerConfig = TwoTowerConfig(), *, users_path: str | None = None,
-        text: bool = False, cache_dir: Path | None = None,
+        text: bool = False, cache_dir: Path | None = None, text_store: str | None = None,
         exact_max: int = 50_000) -> dict:
     """Train on the pairs at ``pairs_path``; write the model, vectors and index to ``out_dir``.
 
     ``users_path``: Parquet with user_id, country (optional); ``text``: add item text
-    embeddings (models/text.py, cached). Returns paths and figures for XCom.
+    embeddings (models/text.py, cached); ``text_store``: read them from the lake's text
+    store (item_id, vector) instead, as the daily DAG does. Returns paths and figures.
     """
     import faiss
 
@@ -106,7 +118,9 @@ def run(pairs_path: str, items_path: str, out_dir: str,
     if users_path:
         users = pd.read_parquet(users_path, columns=["user_id", "country"])
         countries = users.set_index("user_id")["country"]
-    vectors = text_matrix(items, cache_dir) if text else None
+    vectors = text_matrix(items, cache_dir) if text and not text_store else None
+    if text_store:
+        vectors = store_vectors(pd.read_parquet(text_store), items["item_id"].to_numpy())
     started = time.perf_counter()
     # models.two_tower logs each epoch's loss and time (logger recs.two_tower).
     model, item_feats, user_feats = tt.fit(pairs, items, config, countries=countries,
@@ -127,7 +141,8 @@ def run(pairs_path: str, items_path: str, out_dir: str,
         faiss.write_index(index, str(tmp / "items_ip.faiss"))
         np.save(tmp / "item_ids.npy", item_feats.item_ids)
         meta = {"n_users": len(user_feats), "n_items": len(item_feats), "n_pairs": len(pairs),
-                "dim": config.dim, "text": bool(text), "train_seconds": round(train_s, 1),
+                "dim": config.dim, "text": bool(text or text_store),
+                "train_seconds": round(train_s, 1),
                 "loss": model.training_log[-1]["loss"], "config_digest": config.digest(),
                 "items_ip": {"kind": ann.kind(index), "recall@10": round(recall, 4)}}
         (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True))

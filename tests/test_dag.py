@@ -14,9 +14,15 @@ from tests.dagparse import parse
 pytestmark = pytest.mark.airflow
 
 EXPECTED_EDGES = {
-    "extract": {"prepare", "item_stats", "precompute", "evaluate"},
-    "prepare": {"train_als", "build_index", "precompute", "evaluate", "publish"},
-    "train_als": {"build_index"},
+    "extract": {"prepare", "item_stats", "text_embeddings", "train_two_tower", "train_ranker",
+                "precompute", "evaluate"},
+    "prepare": {"train_als", "covisit", "build_index", "train_two_tower", "train_ranker",
+                "precompute", "evaluate", "publish"},
+    "train_als": {"build_index", "train_ranker"},
+    "covisit": {"train_ranker"},
+    "text_embeddings": {"train_two_tower", "train_ranker", "precompute", "evaluate"},
+    "train_two_tower": {"train_ranker", "precompute", "evaluate"},
+    "train_ranker": {"precompute", "evaluate"},
     "item_stats": {"evaluate", "publish"},
     "build_index": {"precompute", "evaluate"},
     "precompute": {"evaluate", "publish"},

@@ -112,8 +112,14 @@ def test_served_lists_match_the_published_ones(demo):
                     "ORDER BY rank LIMIT 10", (user,))
     assert [(r["item_id"], r["reason"]) for r in body["recommendations"]] == want
     assert body["fallback"] is False and body["experiment_id"] is None
+    history = {r[0] for r in demo.sql("SELECT item_id FROM interactions WHERE user_id = %s",
+                                      (user,))}
     for rec in body["recommendations"]:
-        assert rec["reason"].startswith("Because you watched ")
+        assert rec["reason"].startswith(("Because you watched ", "Similar to ", "Trending in ",
+                                         "New in ", "Popular in ", "Recommended for you",
+                                         "Featured")), rec
+        if rec["reason"].startswith(("Because you watched ", "Similar to ")):
+            assert rec["reason_item_id"] in history, rec  # a true reason
         assert rec["model_version"] == body["model_version"]
     sim_item = body["recommendations"][0]["item_id"]
     similar = demo.get(f"/api/v1/similar/{sim_item}", limit=5).json()

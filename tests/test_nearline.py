@@ -1,10 +1,12 @@
 """Nearline against a real Postgres and a really published version.
 
 The live version is built by the daily pipeline's own functions (extract, prepare,
-item_stats, build_index, precompute, evaluate, publish) on small synthetic data, with the
-numpy reference ALS (models/als.py, tested against Spark in test_als.py) in place of the
-Spark job so that no JVM starts. Events are then inserted the way the reader inserts
-them, and jobs/nearline.py is called directly.
+text embeddings, two-tower, item_stats, build_index, ranker, precompute, evaluate,
+publish) on small synthetic data, with the numpy reference ALS (models/als.py, tested
+against Spark in test_als.py) in place of the Spark job and without co-visitation (that
+generator is then off; tests/test_covisit.py covers it), so that no JVM starts. Events
+are then inserted the way the reader inserts them, and jobs/nearline.py is called
+directly.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ def train_numpy(pairs: dict) -> None:
     from models.als import fit
 
     s = settings_mod.get()
-    for name, path in (("full", pairs["full"]), ("eval", pairs["train"])):
-        frame = pd.read_parquet(path)
+    from jobs.daily import FITS
+
+    for name, part in FITS.items():
+        frame = pd.read_parquet(pairs[part])
         users, u = np.unique(frame["user_id"].to_numpy(), return_inverse=True)
         items, i = np.unique(frame["item_id"].to_numpy(), return_inverse=True)
         matrix = np.zeros((len(users), len(items)))
@@ -37,6 +41,11 @@ def train_numpy(pairs: dict) -> None:
         uf, itf = fit(matrix, s.als_rank, s.als_reg, s.als_alpha, iters=8, seed=s.seed)
         save_factors(Factors(users, uf.astype("float32"), items, itf.astype("float32")),
                      Path(pairs["als_dir"]) / name)
+        out = Path(pairs["covisit_dir"]) / name  # no co-visits: that generator is off
+        out.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"item_id": pd.Series(dtype="int64"),
+                      "neighbour_id": pd.Series(dtype="int64"),
+                      "score": pd.Series(dtype="float32")}).to_parquet(out / "covisit.parquet")
 
 
 def build_live_version(dsn: str, *, users: int = 120, items: int = 80,
@@ -51,10 +60,13 @@ def build_live_version(dsn: str, *, users: int = 120, items: int = 80,
     ex = daily.extract(DAY)
     pairs = daily.prepare(DAY, ex)
     train_numpy(pairs)
+    text = daily.text_embeddings(DAY, ex)
+    tt = daily.train_two_tower(DAY, pairs, ex, text)
     stats = daily.item_stats(DAY, ex)
     index = daily.build_index(DAY, pairs)
-    lists = daily.precompute(DAY, pairs, ex, index)
-    result = daily.evaluate(DAY, pairs, ex, index, lists, stats)
+    ranker = daily.train_ranker(DAY, pairs, ex, text, tt)
+    lists = daily.precompute(DAY, pairs, ex, index, text, tt, ranker)
+    result = daily.evaluate(DAY, pairs, ex, index, lists, stats, text, tt, ranker)
     assert result["passed"], result
     daily.publish(result, pairs, lists, stats)
     return {"version": result["version"], "pairs": pairs, "index": index}
@@ -65,7 +77,8 @@ def make_live(dsn, tmp_path, monkeypatch):
     the ``live`` fixtures of this module and of test_hourly/test_freshness_dags."""
     for key, value in {"RECS_DATABASE_URL": dsn, "RECS_HOME": str(tmp_path / "home"),
                        "RECS_ALS_RANK": "8", "RECS_ALS_REG": "0.1", "RECS_TOP_K": "20",
-                       "RECS_SIMILAR_K": "10", "RECS_GATE_MARGIN": "-1"}.items():
+                       "RECS_SIMILAR_K": "10", "RECS_GATE_MARGIN": "-1",
+                       "RECS_TWO_TOWER_EPOCHS": "3", "RECS_RANKER_EPOCHS": "5"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(settings_mod, "_cached", None)
     info = build_live_version(dsn)
@@ -157,7 +170,9 @@ def test_new_events_fold_the_user_in_and_replace_the_list(live):
     items, reasons, _ = user_row(dsn, version, user)
     assert items != old_items
     assert not set(fresh) & set(items)  # consumed items never come back
-    assert all(r.startswith("Because you watched ") for r in reasons)
+    # Refolded picks are ALS's, with their reason; "New in" slots of the daily list stay.
+    assert all(r.startswith(("Because you watched ", "New in ")) for r in reasons), reasons
+    assert any(r.startswith("Because you watched ") for r in reasons)
     assert user_row(dsn, version, other) == other_before  # untouched
 
     # Reference: the solve on all the user's events, then exact top-k without consumed.
@@ -180,7 +195,8 @@ def test_new_events_fold_the_user_in_and_replace_the_list(live):
     scores = factors.item_factors @ want_vec.astype("float32")
     scores[rows] = -np.inf
     want = factors.item_ids[np.argsort(-scores, kind="stable")[:len(items)]]
-    assert items[:5] == [int(i) for i in want[:5]]
+    refolded = [i for i, r in zip(items, reasons, strict=True) if not r.startswith("New in ")]
+    assert refolded[:5] == [int(i) for i in want[:5]]
     assert load_index(Path(live["index"]["dir"]) / "items_ip.faiss").ntotal == len(pos)
 
 
