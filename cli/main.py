@@ -237,11 +237,13 @@ def cmd_pipeline(args, s) -> int:
     print(f"running the daily pipeline for {day} "
           f"({'in process' if args.inline else 'through Airflow'})", flush=True)
     result = run_daily(s, day, inline=args.inline)
-    als = result["metrics"].get("als", {})
-    pop = result["metrics"].get("popularity", {})
-    print(f"{result['version']}: {result['status']} - {result['message']} "
-          f"(NDCG@10 {als.get('ndcg@10', float('nan')):.4f} vs popularity "
-          f"{pop.get('ndcg@10', float('nan')):.4f}) in {result['seconds']}s")
+    metrics = result["metrics"]
+    print(f"{result['version']}: {result['status']} - {result['message']} in "
+          f"{result['seconds']}s")
+    for name in ("full_pipeline", "ranker", "als", "two_tower", "popularity"):
+        if name in metrics:
+            print(f"  {name:<14} NDCG@10 {metrics[name].get('ndcg@10', float('nan')):.4f}  "
+                  f"precision@10 {metrics[name].get('precision@10', float('nan')):.4f}")
     return 0 if result["status"] in ("published", "rejected") else 1
 
 
@@ -355,13 +357,22 @@ def cmd_examples(args, s) -> int:
 # --- evaluation -------------------------------------------------------------------------
 
 def cmd_evaluate(args, s) -> int:
-    from jobs import protocol
+    from jobs import protocol, report
 
-    table = protocol.run(Path(args.data), split=args.split, settings=s)
+    data = Path(args.data)
+    if not (data / "ratings.csv").exists() and not (data / "u.data").exists() \
+            and not (data / "ratings.dat").exists():
+        print(f"recs evaluate: {data}: not a MovieLens folder (no ratings file)",
+              file=sys.stderr)
+        return 2
+    if args.ranker_split:
+        s = s.replace(ranker_split=args.ranker_split)
+    table = protocol.run(data, split=args.split, settings=s, folds=args.folds)
     print(protocol.format_table(table))
-    if args.out:
-        Path(args.out).write_text(json.dumps(table, indent=2))
-        print(f"written to {args.out}")
+    out = Path(args.out) if args.out else s.home / "reports" / f"{data.name}-{args.split}"
+    paths = report.write(protocol.report_table(table), out)
+    (out / "evaluation.json").write_text(json.dumps(table, indent=2))
+    print("written:", ", ".join([*paths.values(), str(out / "evaluation.json")]))
     return 0
 
 
@@ -414,7 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="benchmark protocol on a dataset folder")
     ev.add_argument("--data", required=True, help="MovieLens folder")
     ev.add_argument("--split", choices=["stratified", "time"], default="stratified")
-    ev.add_argument("--out", help="write the table as JSON here")
+    ev.add_argument("--out", help="folder for the table (.md, .csv, .png, .json); default "
+                                  "var/reports/<dataset>-<split>")
+    ev.add_argument("--folds", type=int, default=1,
+                    help="ranker training splits to pool (default 1)")
+    ev.add_argument("--ranker-split", choices=["stratified", "time"],
+                    help="how the ranker's labels are held out (default RECS_RANKER_SPLIT)")
     ev.set_defaults(func=cmd_evaluate)
 
     af = sub.add_parser("airflow", help="run an airflow command with the project's settings")
