@@ -424,12 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="benchmark protocol on a dataset folder")
     ev.add_argument("--data", required=True, help="MovieLens folder")
-    ev.add_argument("--split", choices=["stratified", "time"], default="stratified")
+    ev.add_argument("--split", choices=["stratified", "time", "chrono"], default="stratified",
+                    help="stratified (the protocol), time (global cut) or chrono (each "
+                         "user's newest pairs)")
     ev.add_argument("--out", help="folder for the table (.md, .csv, .png, .json); default "
                                   "var/reports/<dataset>-<split>")
     ev.add_argument("--folds", type=int, default=1,
                     help="ranker training splits to pool (default 1)")
-    ev.add_argument("--ranker-split", choices=["stratified", "time"],
+    ev.add_argument("--ranker-split", choices=["stratified", "time", "chrono"],
                     help="how the ranker's labels are held out (default RECS_RANKER_SPLIT)")
     ev.set_defaults(func=cmd_evaluate)
 

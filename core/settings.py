@@ -72,10 +72,11 @@ class Settings:
     ease_max_items: int = 20_000  # EASE is dense (items^2 floats); off above this
     ranker_epochs: int = 20
     ranker_holdout: float = 0.2  # share of the training pairs (newest) that label the ranker
-    ranker_split: str = "time"  # how the ranker's labels are held out: time | stratified
+    ranker_split: str = "time"  # how the ranker's labels are held out: time|chrono|stratified
     rerank_diversity: float = 0.0
     rerank_freshness: float = 0.0
     rerank_max_run: int = 2
+    rerank_popularity_penalty: float = 0.1  # long-tail push (coverage) in the re-ranking
     rules_file: str = ""  # business rules (CSV kind,value,slot); also the rerank_rules table
 
     @property
@@ -108,7 +109,8 @@ class Settings:
                 "holdout_fraction", "gate_margin", "two_tower_epochs", "two_tower_text",
                 "covisit_window", "covisit_top", "covisit_min_count", "ease_lambda",
                 "ease_max_items", "ranker_epochs", "ranker_holdout", "ranker_split",
-                "rerank_diversity", "rerank_freshness", "rerank_max_run")
+                "rerank_diversity", "rerank_freshness", "rerank_max_run",
+                "rerank_popularity_penalty")
         return {k: getattr(self, k) for k in keys}
 
     def two_tower_config(self):
@@ -129,7 +131,8 @@ class Settings:
             ranker=RankerConfig(epochs=self.ranker_epochs, seed=self.seed),
             rerank=RerankConfig(diversity=self.rerank_diversity,
                                 freshness_weight=self.rerank_freshness,
-                                max_run=self.rerank_max_run))
+                                max_run=self.rerank_max_run,
+                                popularity_penalty=self.rerank_popularity_penalty))
 
     def digest(self) -> str:
         blob = json.dumps(self.model_params(), sort_keys=True).encode()
@@ -176,6 +179,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "rerank_diversity": (0.0, 1.0),
     "rerank_freshness": (0.0, 100.0),
     "rerank_max_run": (1, 1000),
+    "rerank_popularity_penalty": (0.0, 10.0),
 }
 
 
@@ -216,9 +220,9 @@ def _validate(s: Settings) -> None:
                                                           "postgresql+psycopg2://")):
         raise SettingsError(f"{PREFIX}DATABASE_URL: expected a postgresql:// URL, "
                             f"got {s.database_url.split(':')[0]!r}")
-    if s.ranker_split not in ("time", "stratified"):
-        raise SettingsError(f"{PREFIX}RANKER_SPLIT={s.ranker_split!r}: expected 'time' or "
-                            "'stratified'")
+    if s.ranker_split not in ("time", "chrono", "stratified"):
+        raise SettingsError(f"{PREFIX}RANKER_SPLIT={s.ranker_split!r}: expected 'time', "
+                            "'chrono' or 'stratified'")
     if s.serve_limit_default > s.serve_limit_max:
         raise SettingsError(f"{PREFIX}SERVE_LIMIT_DEFAULT exceeds {PREFIX}SERVE_LIMIT_MAX")
 

@@ -48,7 +48,8 @@ class FunnelConfig:
     ease_max_items: int = 20_000
     new_days: float = 14.0
     ranker: rk.RankerConfig = rk.RankerConfig()
-    rerank: RerankConfig = RerankConfig(diversity=0.0, freshness_weight=0.0, max_run=2)
+    rerank: RerankConfig = RerankConfig(diversity=0.0, freshness_weight=0.0, max_run=2,
+                                        popularity_penalty=0.1)
 
 
 def read_preferences(users_path: str | None) -> dict[int, list[str]]:
@@ -381,7 +382,8 @@ def final_lists(sig: cg.Signals, ranked: Ranked, titles: pd.Series, k: int, *,
         pos = rerank(sig.item_ids[items], scores, [cats[i] for i in items], k,
                      config=config, rules=rules, vectors=vectors,
                      age_days=sig.age_days[items],
-                     consumed=frozenset(sig.item_ids[sig.history[u]].tolist()))
+                     consumed=frozenset(sig.item_ids[sig.history[u]].tolist()),
+                     popularity=sig.popularity[items])
         items, scores, source = items[pos], scores[pos], source[pos]
         if with_reasons:
             sims = history_similarity(sig, u, items, source, unit_als)

@@ -18,16 +18,20 @@ import pandas as pd
 
 from core import lake
 from models.confidence import aggregate_pairs
-from models.split import stratified_split, time_split
+from models.split import per_user_time_split, stratified_split, time_split
 
 
 def split_pairs(pairs: pd.DataFrame, how: str, holdout: float, seed: int):
-    """(train, test) of ``pairs`` by the named protocol."""
+    """(train, test) of ``pairs`` by the named protocol: 'stratified' (Microsoft
+    Recommenders' random split per item), 'time' (one global cut: the newest pairs are
+    held out) or 'chrono' (each user's newest pairs are held out)."""
     if how == "stratified":
         return stratified_split(pairs, ratio=1.0 - holdout, filter_by="item", seed=seed)
     if how == "time":
         return time_split(pairs, ratio=1.0 - holdout)
-    raise ValueError(f"split must be 'stratified' or 'time', got {how!r}")
+    if how == "chrono":
+        return per_user_time_split(pairs, ratio=1.0 - holdout)
+    raise ValueError(f"split must be 'stratified', 'time' or 'chrono', got {how!r}")
 
 
 def run(day: dt.date, events_path: str, *, holdout: float, seed: int, split: str = "stratified",

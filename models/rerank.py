@@ -4,7 +4,10 @@ Order of operations, for one user's ranked candidates:
 
 1. **Rules**: drop blocked items, items of blocked categories and items failing the
    content policy; drop consumed items.
-2. **Freshness**: add ``freshness_weight * exp(-age_days / freshness_days)`` to the score.
+2. **Long tail**: with ``popularity_penalty`` > 0, relevance becomes the score's z-score
+   over the list minus ``popularity_penalty`` x the item's popularity percentile in the
+   list (0 least, 1 most popular), which widens catalog coverage at little cost.
+   **Freshness**: add ``freshness_weight * exp(-age_days / freshness_days)``.
 3. **MMR**: pick greedily by ``(1 - diversity) * relevance - diversity * max_sim``, where
    ``max_sim`` is the largest similarity to an item already picked (0 for the first).
 4. **No three in a row**: an item whose category equals the two items before it waits
@@ -36,8 +39,11 @@ class RerankConfig:
     freshness_weight: float = 0.0
     freshness_days: float = 7.0
     max_run: int = 2  # at most this many items of one category in a row
+    popularity_penalty: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.popularity_penalty < 0:
+            raise ValueError(f"popularity_penalty must be >= 0, got {self.popularity_penalty}")
         if not 0.0 <= self.diversity <= 1.0:
             raise ValueError(f"diversity must be in [0, 1], got {self.diversity}")
         if self.max_run < 1:
@@ -67,7 +73,8 @@ def rules_from_rows(rows: Sequence[tuple[str, str, int | None]]) -> Rules:
 def rerank(items: np.ndarray, scores: np.ndarray, categories: Sequence[str | None],
            k: int, *, config: RerankConfig = RerankConfig(), rules: Rules = Rules(),
            vectors: np.ndarray | None = None, age_days: np.ndarray | None = None,
-           consumed: frozenset[int] = frozenset()) -> list[int]:
+           consumed: frozenset[int] = frozenset(),
+           popularity: np.ndarray | None = None) -> list[int]:
     """Positions (into ``items``) of the re-ranked top ``k``."""
     n = len(items)
     keep = []
@@ -79,6 +86,9 @@ def rerank(items: np.ndarray, scores: np.ndarray, categories: Sequence[str | Non
             continue
         keep.append(i)
     rel = np.asarray(scores, dtype="float64").copy()
+    if config.popularity_penalty and popularity is not None and n > 1:
+        rel = _long_tail(rel, np.asarray(popularity, dtype="float64"),
+                         config.popularity_penalty)
     if config.freshness_weight and age_days is not None:
         rel += config.freshness_weight * np.exp(-np.asarray(age_days) / config.freshness_days)
     pinned = {i for i in keep if int(items[i]) in rules.pins}
@@ -88,6 +98,19 @@ def rerank(items: np.ndarray, scores: np.ndarray, categories: Sequence[str | Non
     for i in sorted(pinned, key=lambda i: rules.pins[int(items[i])]):
         chosen.insert(min(rules.pins[int(items[i])] - 1, len(chosen)), i)
     return chosen[:k]
+
+
+def _long_tail(rel: np.ndarray, popularity: np.ndarray, penalty: float) -> np.ndarray:
+    """z-score of the finite scores minus ``penalty`` x popularity percentile."""
+    ok = np.isfinite(rel)
+    out = rel.copy()
+    if ok.sum() < 2:
+        return out
+    sd = rel[ok].std()
+    out[ok] = (rel[ok] - rel[ok].mean()) / (sd if sd > 0 else 1.0)
+    ranks = np.argsort(np.argsort(popularity, kind="stable"), kind="stable")
+    out[ok] -= penalty * (ranks[ok] / max(len(rel) - 1, 1))
+    return out
 
 
 def _mmr(pool: list[int], rel: np.ndarray, vectors: np.ndarray | None, diversity: float,

@@ -65,3 +65,19 @@ def test_rules_from_rows_and_bad_rows():
         rules_from_rows([("pin", "1", None)])
     with pytest.raises(ValueError, match="diversity"):
         RerankConfig(diversity=2.0)
+
+
+def test_popularity_penalty_lets_a_close_long_tail_item_pass_a_popular_one():
+    items = np.array([1, 2, 3, 4])
+    scores = np.array([1.00, 0.98, 0.50, 0.10])
+    popularity = np.array([900.0, 5.0, 50.0, 1.0])
+    cats = ["a", "b", "c", "d"]
+    plain = rerank(items, scores, cats, 4, config=RerankConfig(diversity=0.0),
+                   popularity=popularity)
+    assert plain == [0, 1, 2, 3]  # no penalty: the scores' order
+    tail = rerank(items, scores, cats, 4,
+                  config=RerankConfig(diversity=0.0, popularity_penalty=0.3),
+                  popularity=popularity)
+    assert tail == [1, 0, 2, 3]  # 0.02 apart: the rarer item first; far apart: unchanged
+    with pytest.raises(ValueError, match="popularity_penalty"):
+        RerankConfig(popularity_penalty=-0.1)
