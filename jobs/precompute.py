@@ -94,29 +94,6 @@ def similar_lists(factors: Factors, index, titles: pd.Series, k: int) -> pd.Data
     return pd.DataFrame(records, columns=["item_id", "items", "scores", "reasons"])
 
 
-def run(day: dt.date, factors_dir: str, index_dir: str, pairs_path: str, items_path: str, *,
-        top_k: int, similar_k: int, lake_root: Path | None = None) -> dict:
-    t0 = time.perf_counter()
-    factors = load_factors(Path(factors_dir))
-    pairs = pd.read_parquet(pairs_path)
-    items = pd.read_parquet(items_path, columns=["item_id", "title"])
-    titles = items.set_index("item_id")["title"]
-    recs = personalized_lists(factors, load_index(Path(index_dir) / "items_ip.faiss"), pairs,
-                              titles, top_k)
-    t1 = time.perf_counter()
-    sims = similar_lists(factors, load_index(Path(index_dir) / "items_cos.faiss"), titles,
-                         similar_k)
-    out = lake.partition("lists", day, lake_root)
-    with lake.atomic_dir(out) as tmp:
-        recs.to_parquet(tmp / "recommendations.parquet", index=False)
-        sims.to_parquet(tmp / "similar.parquet", index=False)
-    log.info("precomputed %d user lists in %.1fs (%.0f users/s), %d similar lists",
-             len(recs), t1 - t0, len(recs) / max(t1 - t0, 1e-9), len(sims))
-    return {"recommendations": str(out / "recommendations.parquet"),
-            "similar": str(out / "similar.parquet"), "n_users": len(recs),
-            "n_similar": len(sims), "users_per_s": round(len(recs) / max(t1 - t0, 1e-9), 1)}
-
-
 def load_rules(items: pd.DataFrame, dsn: str | None = None):
     """Business rules from the ``rerank_rules`` table and ``RECS_RULES_FILE``."""
     from core import db
