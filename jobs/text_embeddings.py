@@ -6,6 +6,11 @@ This step makes the store complete for the day's snapshot: it embeds only the it
 text (title, category, tags) has no vector yet or changed since it was embedded (by the
 SHA-256 of the text), writes the store and upserts those vectors into ``embeddings``
 (``entity_type 'item'``, ``model_ver`` = the text model's version).
+
+The store is read, extended and written under the hourly DAG's advisory lock, so daily
+runs of several dates (a backfill) and hourly runs never overwrite each other's vectors:
+each item's vector is computed once, and every run that reads it reads the same floats
+(MiniLM's output moves in the last bits with the batch an item is embedded in).
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ def run(items_path: str, *, dsn: str | None = None, lake_root: Path | None = Non
     conn = db.connect(dsn)
     try:
         with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(hashtext('recs_hourly'))")
             store = hourly._read_store(path, cur)
-        conn.rollback()
+        conn.commit()
         known = pd.Series(store["text_sha"].to_numpy() if "text_sha" in store else
                           np.full(len(store), None, "object"),
                           index=store["item_id"].to_numpy())
@@ -63,7 +69,14 @@ def run(items_path: str, *, dsn: str | None = None, lake_root: Path | None = Non
                     hourly._upsert_item_vectors(cur, ids, vectors)
             store = merged
     finally:
-        conn.close()
+        try:
+            if not conn.closed:
+                conn.rollback()
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_unlock(hashtext('recs_hourly'))")
+                conn.commit()
+        finally:
+            conn.close()
     out = {"store": str(path), "embedded": int(len(ids)), "n_items": int(len(store)),
            "model": text_model.MODEL_VERSION, "seconds": round(time.perf_counter() - t0, 2)}
     log.info("text embeddings: %s", out)
