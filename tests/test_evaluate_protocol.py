@@ -1,10 +1,10 @@
 """`recs evaluate`: the benchmark table on a small MovieLens folder, end to end.
 
 A folder in MovieLens' own format is cut from ml-latest-small (the ratings of 120 users
-drawn with a fixed seed, with the movies and tags files); `recs evaluate` trains every model of the funnel
-on it (Spark ALS and co-visitation, the two-tower model, EASE, the ranker) and writes the
-table. Short epochs keep it to about a minute; the full-size figures are benchmarks
-(docs/benchmarks.md).
+drawn with a fixed seed, with the movies and tags files); `recs evaluate` trains every
+model of the funnel on it (Spark ALS and co-visitation, the two-tower model, EASE, the
+ranker) and writes the table. Short epochs keep it to about a minute; the full-size
+figures are benchmarks (docs/benchmarks.md).
 """
 
 from __future__ import annotations
