@@ -56,6 +56,23 @@ def transaction(dsn: str | None = None) -> Iterator[psycopg2.extensions.cursor]:
         conn.close()
 
 
+@contextlib.contextmanager
+def advisory_lock(conn: psycopg2.extensions.connection, name: str) -> Iterator[None]:
+    """Hold the session advisory lock ``hashtext(name)`` on ``conn`` inside the block
+    (waiting for it first); released, after a rollback of anything left open, on exit."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
+    conn.commit()
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.rollback()
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
+            conn.commit()
+
+
 def _copy_text(value: object) -> str:
     if value is None:
         return r"\N"

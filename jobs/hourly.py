@@ -67,6 +67,7 @@ from models import text as text_model
 
 log = logging.getLogger("recs.hourly")
 
+LOCK = "recs_hourly"  # also held by the daily text step while it writes the text store
 NAME = "hourly"
 POOL = "new"
 NEW_LIST_PREFIX = "new:category:"
@@ -420,66 +421,57 @@ def run(until: dt.datetime | None = None, *, dsn: str | None = None,
     t0 = time.perf_counter()
     conn = db.connect(dsn)
     try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(hashtext('recs_hourly'))")  # one run at a time
-        conn.commit()
-        # Read: the bound, the watermark and the changed items (before any write).
-        with conn, conn.cursor() as cur:
-            hi = safe_until(cur, until)
-            lo, wm_version = read_watermark(cur, NAME)
-            if lo is not None:
-                hi = max(hi, lo)
-            changed = _changed_items(cur, lo, hi)
-            store_path = text_store_path(lake_root)
-            store = _read_store(store_path, cur)
-        # Embed outside any transaction (seconds to minutes on a large first run).
-        t_embed = time.perf_counter()
-        ids = changed["item_id"].to_numpy(dtype="int64")
-        texts = [text_model.item_text(t, c, g) for t, c, g in
-                 zip(changed["title"], changed["category"], changed["tags"], strict=True)]
-        vectors = encoder(texts) if len(texts) else np.zeros((0, text_model.DIM), "float32")
-        embed_s = time.perf_counter() - t_embed
-        # The lake's store and the text index hold content only (re-writing is harmless).
-        index = None
-        if len(ids) or not store_path.exists():
-            store = merge_store(store, ids, vectors)
-            _write_store(store, store_path)
-        if len(store):
-            vecs = np.stack(store["vector"].to_numpy()).astype("float32")
-            index = ann.build(vecs, ann.IndexConfig(exact_max=params.exact_max,
-                                                    normalize=True))
-            if len(ids) or not (text_index_dir(lake_root) / "items_text.faiss").exists():
-                _write_index(index, store["item_id"].to_numpy(dtype="int64"),
-                             {"n_items": len(store), "model": text_model.MODEL_VERSION,
-                              "until": to_utc_iso(hi), "kind": ann.kind(index)},
-                             text_index_dir(lake_root))
-        run_key = int((until or hi).timestamp())
-        # Write: vectors, lists, counters and the watermark in one transaction.
-        with conn, conn.cursor() as cur:
-            cur.execute(LIVE_LISTS_LOCK)  # one writer of the live lists at a time
-            if len(ids):
-                _upsert_item_vectors(cur, ids, vectors)
-            live = live_version(cur)
-            summary: dict[str, Any] = {
-                "version": live.version if live else None, "from": to_utc_iso(lo),
-                "to": to_utc_iso(hi), "items_embedded": int(len(ids)),
-                "embed_seconds": round(embed_s, 3), "text_index_items": int(len(store)),
-                "params": asdict(params)}
-            if live is not None:
-                summary.update(_apply_to_live(
-                    cur, live, hi=hi, lo=lo, changed_ids=set(ids.tolist()),
-                    reapply_all=wm_version != live.version, index=index, store=store,
-                    params=params, run_key=run_key))
-            summary["seconds"] = round(time.perf_counter() - t0, 3)
-            write_watermark(cur, NAME, hi, live.version if live else None, summary)
+        with db.advisory_lock(conn, LOCK):  # one run at a time
+            # Read: the bound, the watermark and the changed items (before any write).
+            with conn, conn.cursor() as cur:
+                hi = safe_until(cur, until)
+                lo, wm_version = read_watermark(cur, NAME)
+                if lo is not None:
+                    hi = max(hi, lo)
+                changed = _changed_items(cur, lo, hi)
+                store_path = text_store_path(lake_root)
+                store = _read_store(store_path, cur)
+            # Embed outside any transaction (seconds to minutes on a large first run).
+            t_embed = time.perf_counter()
+            ids = changed["item_id"].to_numpy(dtype="int64")
+            texts = [text_model.item_text(t, c, g) for t, c, g in
+                     zip(changed["title"], changed["category"], changed["tags"], strict=True)]
+            vectors = encoder(texts) if len(texts) else np.zeros((0, text_model.DIM), "float32")
+            embed_s = time.perf_counter() - t_embed
+            # The lake's store and the text index hold content only (re-writing is harmless).
+            index = None
+            if len(ids) or not store_path.exists():
+                store = merge_store(store, ids, vectors)
+                _write_store(store, store_path)
+            if len(store):
+                vecs = np.stack(store["vector"].to_numpy()).astype("float32")
+                index = ann.build(vecs, ann.IndexConfig(exact_max=params.exact_max,
+                                                        normalize=True))
+                if len(ids) or not (text_index_dir(lake_root) / "items_text.faiss").exists():
+                    _write_index(index, store["item_id"].to_numpy(dtype="int64"),
+                                 {"n_items": len(store), "model": text_model.MODEL_VERSION,
+                                  "until": to_utc_iso(hi), "kind": ann.kind(index)},
+                                 text_index_dir(lake_root))
+            run_key = int((until or hi).timestamp())
+            # Write: vectors, lists, counters and the watermark in one transaction.
+            with conn, conn.cursor() as cur:
+                cur.execute(LIVE_LISTS_LOCK)  # one writer of the live lists at a time
+                if len(ids):
+                    _upsert_item_vectors(cur, ids, vectors)
+                live = live_version(cur)
+                summary: dict[str, Any] = {
+                    "version": live.version if live else None, "from": to_utc_iso(lo),
+                    "to": to_utc_iso(hi), "items_embedded": int(len(ids)),
+                    "embed_seconds": round(embed_s, 3), "text_index_items": int(len(store)),
+                    "params": asdict(params)}
+                if live is not None:
+                    summary.update(_apply_to_live(
+                        cur, live, hi=hi, lo=lo, changed_ids=set(ids.tolist()),
+                        reapply_all=wm_version != live.version, index=index, store=store,
+                        params=params, run_key=run_key))
+                summary["seconds"] = round(time.perf_counter() - t0, 3)
+                write_watermark(cur, NAME, hi, live.version if live else None, summary)
     finally:
-        try:
-            if not conn.closed:
-                conn.rollback()
-                with conn.cursor() as cur:
-                    cur.execute("SELECT pg_advisory_unlock(hashtext('recs_hourly'))")
-                conn.commit()
-        finally:
-            conn.close()
+        conn.close()
     log.info("hourly %s: %s", summary["version"], summary)
     return summary

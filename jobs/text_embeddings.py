@@ -45,38 +45,31 @@ def run(items_path: str, *, dsn: str | None = None, lake_root: Path | None = Non
     path = hourly.text_store_path(lake_root)
     conn = db.connect(dsn)
     try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(hashtext('recs_hourly'))")
-            store = hourly._read_store(path, cur)
-        conn.commit()
-        known = pd.Series(store["text_sha"].to_numpy() if "text_sha" in store else
-                          np.full(len(store), None, "object"),
-                          index=store["item_id"].to_numpy())
-        stale = known.reindex(items["item_id"].to_numpy()).to_numpy() != sha
-        ids = items["item_id"].to_numpy("int64")[stale]
-        todo = [t for t, s in zip(texts, stale, strict=True) if s]
-        vectors = (encoder or text_model.encode)(todo) if todo else \
-            np.zeros((0, text_model.DIM), "float32")
-        if len(ids) or not path.exists():
-            merged = hourly.merge_store(store, ids, vectors)
-            shas = pd.Series(sha, index=items["item_id"].to_numpy())
-            old = known.reindex(merged["item_id"].to_numpy()).to_numpy()
-            new = shas.reindex(merged["item_id"].to_numpy()).to_numpy()
-            merged["text_sha"] = np.where(pd.isna(new), old, new)
-            hourly._write_store(merged, path)
-            with conn, conn.cursor() as cur:
-                if len(ids):
-                    hourly._upsert_item_vectors(cur, ids, vectors)
-            store = merged
+        with db.advisory_lock(conn, hourly.LOCK):
+            with conn.cursor() as cur:
+                store = hourly._read_store(path, cur)
+            conn.commit()
+            known = pd.Series(store["text_sha"].to_numpy() if "text_sha" in store else
+                              np.full(len(store), None, "object"),
+                              index=store["item_id"].to_numpy())
+            stale = known.reindex(items["item_id"].to_numpy()).to_numpy() != sha
+            ids = items["item_id"].to_numpy("int64")[stale]
+            todo = [t for t, s in zip(texts, stale, strict=True) if s]
+            vectors = (encoder or text_model.encode)(todo) if todo else \
+                np.zeros((0, text_model.DIM), "float32")
+            if len(ids) or not path.exists():
+                merged = hourly.merge_store(store, ids, vectors)
+                shas = pd.Series(sha, index=items["item_id"].to_numpy())
+                old = known.reindex(merged["item_id"].to_numpy()).to_numpy()
+                new = shas.reindex(merged["item_id"].to_numpy()).to_numpy()
+                merged["text_sha"] = np.where(pd.isna(new), old, new)
+                hourly._write_store(merged, path)
+                with conn, conn.cursor() as cur:
+                    if len(ids):
+                        hourly._upsert_item_vectors(cur, ids, vectors)
+                store = merged
     finally:
-        try:
-            if not conn.closed:
-                conn.rollback()
-                with conn.cursor() as cur:
-                    cur.execute("SELECT pg_advisory_unlock(hashtext('recs_hourly'))")
-                conn.commit()
-        finally:
-            conn.close()
+        conn.close()
     out = {"store": str(path), "embedded": int(len(ids)), "n_items": int(len(store)),
            "model": text_model.MODEL_VERSION, "seconds": round(time.perf_counter() - t0, 2)}
     log.info("text embeddings: %s", out)
