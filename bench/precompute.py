@@ -104,43 +104,16 @@ def funnel_run(sig, users: np.ndarray, cfg, ranker, titles):
 
 
 def funnel_stages(sig, users: np.ndarray, cfg, ranker, titles, keep: int = 300):
-    """The funnel stage by stage, as ``rank_users`` + ``final_lists`` do it, timed.
+    """The funnel stage by stage (``rank_users`` with its stage timings, then
+    ``final_lists`` without and with reasons), timed.
 
     Returns (seconds per stage, Ranked, lists, candidates per user)."""
     from jobs import funnel
-    from models import candidates as cg
     from models.rerank import Rules
 
-    sec = dict.fromkeys(("candidates", "features", "ranker_score", "sort_keep", "rerank",
-                         "rerank_reasons"), 0.0)
-    sizes = cfg.sizes
-    width = np.maximum(np.array([sizes.get(n) for n in cg.SOURCES]), 1)
-    items, scores, source = [], [], []
-    n_cand = 0
-    for a in range(0, len(users), funnel.USER_BATCH):
-        rows = users[a:a + funnel.USER_BATCH]
-        t0 = time.perf_counter()
-        cand = cg.generate(sig, rows, sizes)
-        t1 = time.perf_counter()
-        x = cg.features(sig, rows, cand)
-        t2 = time.perf_counter()
-        s = ranker.score(x)
-        t3 = time.perf_counter()
-        rel = np.where(cand.ranks >= 0, cand.ranks / width, np.inf)
-        best = np.argmin(rel, axis=1)
-        starts = np.searchsorted(cand.user, np.arange(len(rows) + 1))
-        for lo, hi in zip(starts[:-1], starts[1:], strict=True):
-            order = lo + np.argsort(-s[lo:hi], kind="stable")[:keep]
-            items.append(cand.item[order])
-            scores.append(s[order].astype("float32"))
-            source.append(best[order])
-        t4 = time.perf_counter()
-        sec["candidates"] += t1 - t0
-        sec["features"] += t2 - t1
-        sec["ranker_score"] += t3 - t2
-        sec["sort_keep"] += t4 - t3
-        n_cand += len(cand.user)
-    ranked = funnel.Ranked(users, items, scores, source)
+    sec: dict[str, float] = {}
+    ranked = funnel.rank_users(sig, users, cfg, ranker, keep=keep, timings=sec)
+    n_cand = sec.pop("n_candidates")
     t0 = time.perf_counter()
     funnel.final_lists(sig, ranked, titles, K, config=cfg.rerank, rules=Rules(),
                        with_reasons=False)

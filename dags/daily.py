@@ -19,6 +19,14 @@ from airflow.sdk import CronDataIntervalTimetable, dag, get_current_context, tas
 from jobs import daily as steps
 
 
+def spark_task(task_id: str, application: str, args) -> SparkSubmitOperator:
+    """A Spark application of jobs/ submitted through the ``spark_default`` connection."""
+    return SparkSubmitOperator(task_id=task_id, application=application,
+                               conn_id="spark_default", application_args=args,
+                               conf=steps.spark_conf(), name=f"recs-{task_id}",
+                               verbose=False)
+
+
 def _day() -> dt.date:
     return steps.day_of(get_current_context()["data_interval_end"])
 
@@ -86,25 +94,9 @@ def daily():
 
     extracted = extract()
     pairs = prepare(extracted)
-    train_als = SparkSubmitOperator(
-        task_id="train_als",
-        application=steps.ALS_APP,
-        conn_id="spark_default",
-        application_args=pairs["als_args"],
-        conf=steps.spark_conf(),
-        name="recs-als",
-        verbose=False,
-    )
+    train_als = spark_task("train_als", steps.ALS_APP, pairs["als_args"])
     stats = item_stats(extracted)
-    covisit = SparkSubmitOperator(
-        task_id="covisit",
-        application=steps.COVISIT_APP,
-        conn_id="spark_default",
-        application_args=pairs["covisit_args"],
-        conf=steps.spark_conf(),
-        name="recs-covisit",
-        verbose=False,
-    )
+    covisit = spark_task("covisit", steps.COVISIT_APP, pairs["covisit_args"])
     index = build_index(pairs)
     pairs >> train_als >> index
     text = text_embeddings(extracted)

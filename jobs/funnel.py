@@ -275,25 +275,46 @@ class Ranked:
 
 
 def rank_users(sig: cg.Signals, users: np.ndarray, config: FunnelConfig,
-               ranker: rk.Ranker | None, keep: int = 300, by: str | None = None) -> Ranked:
+               ranker: rk.Ranker | None, keep: int = 300, by: str | None = None,
+               timings: dict[str, float] | None = None) -> Ranked:
     """Score every candidate with ``ranker`` (or, with ``by``, one generator's own
-    score: that generator alone) and keep the best ``keep`` per user."""
+    score: that generator alone, no features) and keep the best ``keep`` per user.
+    ``timings``, when given, accumulates seconds per stage ('candidates', 'features',
+    'ranker_score', 'sort_keep') and the number of candidates ('n_candidates')."""
     items, scores, source = [], [], []
     col = None if by is None else cg.SOURCES.index(by)
     sizes = config.sizes
     if col is not None:  # one generator alone proposes its own pool
         sizes = cg.PoolSizes(**{s: (keep if s == by else 0) for s in cg.SOURCES})
-    for rows, cand, x in candidate_batches(sig, users, sizes):
-        s = ranker.score(x) if col is None else cand.scores[:, col]
-        rel = np.where(cand.ranks >= 0, cand.ranks / np.maximum(
-            np.array([sizes.get(n) for n in cg.SOURCES]), 1), np.inf)
-        best = np.argmin(rel, axis=1)
+    width = np.maximum(np.array([sizes.get(n) for n in cg.SOURCES]), 1)
+    clock = {} if timings is None else timings
+
+    def tick(stage: str, since: float) -> float:
+        now = time.perf_counter()
+        clock[stage] = clock.get(stage, 0.0) + now - since
+        return now
+
+    for a in range(0, len(users), USER_BATCH):
+        rows = users[a:a + USER_BATCH]
+        t = time.perf_counter()
+        cand = cg.generate(sig, rows, sizes)
+        t = tick("candidates", t)
+        clock["n_candidates"] = clock.get("n_candidates", 0) + len(cand.user)
+        if col is None:
+            x = cg.features(sig, rows, cand)
+            t = tick("features", t)
+            s = ranker.score(x)
+            t = tick("ranker_score", t)
+        else:
+            s = cand.scores[:, col]
+        best = np.argmin(np.where(cand.ranks >= 0, cand.ranks / width, np.inf), axis=1)
         starts = np.searchsorted(cand.user, np.arange(len(rows) + 1))
-        for a, b in zip(starts[:-1], starts[1:], strict=True):
-            order = a + np.argsort(-s[a:b], kind="stable")[:keep]
+        for lo, hi in zip(starts[:-1], starts[1:], strict=True):
+            order = lo + np.argsort(-s[lo:hi], kind="stable")[:keep]
             items.append(cand.item[order])
             scores.append(s[order].astype("float32"))
             source.append(best[order])
+        tick("sort_keep", t)
     return Ranked(users, items, scores, source)
 
 
