@@ -240,7 +240,7 @@ def _changed_items(cur, lo: dt.datetime | None, hi: dt.datetime) -> pd.DataFrame
     return pd.DataFrame(cur.fetchall(), columns=["item_id", "title", "category", "tags"])
 
 
-def _read_store(path: Path, cur) -> pd.DataFrame:
+def read_store(path: Path, cur) -> pd.DataFrame:
     """The lake's text store; rebuilt from the embeddings table when it is missing."""
     if path.exists():
         return pd.read_parquet(path)
@@ -252,7 +252,7 @@ def _read_store(path: Path, cur) -> pd.DataFrame:
     return frame
 
 
-def _write_store(store: pd.DataFrame, path: Path) -> None:
+def write_store(store: pd.DataFrame, path: Path) -> None:
     tmp = lake.atomic_file(path)
     store.to_parquet(tmp, index=False)
     os.replace(tmp, path)
@@ -267,7 +267,7 @@ def _write_index(index, ids: np.ndarray, meta: dict, out: Path) -> None:
         (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True))
 
 
-def _upsert_item_vectors(cur, ids: np.ndarray, vectors: np.ndarray) -> None:
+def upsert_item_vectors(cur, ids: np.ndarray, vectors: np.ndarray) -> None:
     psycopg2.extras.execute_values(
         cur,
         "INSERT INTO embeddings (entity_id, entity_type, vector, model_ver, updated_at) "
@@ -430,7 +430,7 @@ def run(until: dt.datetime | None = None, *, dsn: str | None = None,
                     hi = max(hi, lo)
                 changed = _changed_items(cur, lo, hi)
                 store_path = text_store_path(lake_root)
-                store = _read_store(store_path, cur)
+                store = read_store(store_path, cur)
             # Embed outside any transaction (seconds to minutes on a large first run).
             t_embed = time.perf_counter()
             ids = changed["item_id"].to_numpy(dtype="int64")
@@ -442,7 +442,7 @@ def run(until: dt.datetime | None = None, *, dsn: str | None = None,
             index = None
             if len(ids) or not store_path.exists():
                 store = merge_store(store, ids, vectors)
-                _write_store(store, store_path)
+                write_store(store, store_path)
             if len(store):
                 vecs = np.stack(store["vector"].to_numpy()).astype("float32")
                 index = ann.build(vecs, ann.IndexConfig(exact_max=params.exact_max,
@@ -457,7 +457,7 @@ def run(until: dt.datetime | None = None, *, dsn: str | None = None,
             with conn, conn.cursor() as cur:
                 cur.execute(LIVE_LISTS_LOCK)  # one writer of the live lists at a time
                 if len(ids):
-                    _upsert_item_vectors(cur, ids, vectors)
+                    upsert_item_vectors(cur, ids, vectors)
                 live = live_version(cur)
                 summary: dict[str, Any] = {
                     "version": live.version if live else None, "from": to_utc_iso(lo),

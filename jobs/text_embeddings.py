@@ -47,7 +47,7 @@ def run(items_path: str, *, dsn: str | None = None, lake_root: Path | None = Non
     try:
         with db.advisory_lock(conn, hourly.LOCK):
             with conn.cursor() as cur:
-                store = hourly._read_store(path, cur)
+                store = hourly.read_store(path, cur)
             conn.commit()
             known = pd.Series(store["text_sha"].to_numpy() if "text_sha" in store else
                               np.full(len(store), None, "object"),
@@ -63,10 +63,10 @@ def run(items_path: str, *, dsn: str | None = None, lake_root: Path | None = Non
                 old = known.reindex(merged["item_id"].to_numpy()).to_numpy()
                 new = shas.reindex(merged["item_id"].to_numpy()).to_numpy()
                 merged["text_sha"] = np.where(pd.isna(new), old, new)
-                hourly._write_store(merged, path)
+                hourly.write_store(merged, path)
                 with conn, conn.cursor() as cur:
                     if len(ids):
-                        hourly._upsert_item_vectors(cur, ids, vectors)
+                        hourly.upsert_item_vectors(cur, ids, vectors)
                 store = merged
     finally:
         conn.close()
