@@ -405,14 +405,7 @@ def publish_by_sql(dsn: str, version: str) -> None:
             cur.execute("SELECT live_version, previous_version FROM serving_state")
             live, previous = cur.fetchone()
             for table in rows:
-                cur.execute("""SELECT c.relname FROM pg_inherits i
-                               JOIN pg_class c ON c.oid = i.inhrelid
-                               WHERE i.inhparent = %s::regclass
-                                 AND pg_get_expr(c.relpartbound, c.oid) = %s""",
-                            (table, f"FOR VALUES IN ('{version}')"))
-                for (old,) in cur.fetchall():
-                    cur.execute(f"ALTER TABLE {table} DETACH PARTITION {old}")
-                    cur.execute(f"DROP TABLE {old}")
+                publish.drop_partitions(cur, table, version)
                 cur.execute(f"ALTER TABLE {table} ATTACH PARTITION {table}_{suffix} "
                             "FOR VALUES IN (%s)", (version,))
             cur.execute("UPDATE serving_state SET live_version = %s, previous_version = %s, "
