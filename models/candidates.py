@@ -21,8 +21,11 @@ user's history, with its own score:
 
 The generators' lists are merged per user; every candidate then gets every signal's score
 (not only the generator that found it), per-user normalised, plus the rank it had in each
-generator, item popularity and age, the user's affinity to its category and a time-of-day
-match. Those are the ranker's features (models/ranker.py).
+generator, item popularity and age, the user's affinity to its category, a time-of-day
+match, and how close the candidate is to the single nearest item of the user's history
+under each item-item view (co-occurrence cosine, EASE weight, co-visitation, text cosine,
+ALS cosine): a sum over the whole history hides one strong match among many weak ones.
+Those are the ranker's features (models/ranker.py).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ import scipy.sparse as sp
 SOURCES = ("als", "two_tower", "ease", "itemknn", "covisit", "covisit_history", "text",
            "trending", "country", "new")
 RECENT = 20  # the user's newest items behind the covisit and text signals
+NEAREST_HISTORY = 500  # the user's newest items behind the nearest-history features
+NEAREST = ("itemknn", "ease", "covisit", "text", "als")  # item-item views of nearest-*
 HOUR_BUCKETS = 4
 
 
@@ -338,7 +343,8 @@ def feature_names() -> list[str]:
         names += [f"{s}_score", f"{s}_z", f"{s}_pct", f"{s}_rank"]
     return names + ["log_popularity", "popularity_pct", "log_age_days", "is_new",
                     "category_affinity", "log_user_history", "user_mainstream",
-                    "hour_match", "n_sources"]
+                    "hour_match", "n_sources", "itemknn_top3"] + \
+        [f"{view}_nearest" for view in NEAREST]
 
 
 def features(sig: Signals, users: np.ndarray, cand: Candidates) -> np.ndarray:
@@ -364,7 +370,41 @@ def features(sig: Signals, users: np.ndarray, cand: Candidates) -> np.ndarray:
     cols += [np.log1p(pop), pop_pct, np.log1p(np.maximum(age, 0.0)),
              (age <= sig.new_days).astype("float64"), aff, np.log1p(hist_len), mainstream, hour,
              (cand.ranks >= 0).sum(1).astype("float64")]
+    near = nearest_history(sig, users, cand)
+    cols += [near[:, k].astype("float64") for k in range(near.shape[1])]
     out = np.column_stack(cols).astype("float32") if m else np.zeros((0, len(cols)), "float32")
+    return out
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
+
+
+def nearest_history(sig: Signals, users: np.ndarray, cand: Candidates) -> np.ndarray:
+    """(m, 1 + len(NEAREST)): per candidate, the mean of its 3 highest co-occurrence
+    cosines to the user's history items, then its highest similarity to any one of them
+    under each view of :data:`NEAREST` (0 where the view is missing or the history empty).
+    Reads the user's newest :data:`NEAREST_HISTORY` items; ``cand`` sorted by user."""
+    out = np.zeros((len(cand.user), 1 + len(NEAREST)), "float32")
+    starts = np.searchsorted(cand.user, np.arange(len(users) + 1))
+    for r, u in enumerate(users):
+        a, b = starts[r], starts[r + 1]
+        h = sig.history[u][:NEAREST_HISTORY]
+        if b <= a or not len(h):
+            continue
+        c = cand.item[a:b]
+        if sig.itemknn is not None:
+            knn = sig.itemknn[np.ix_(h, c)]
+            out[a:b, 0] = np.sort(knn, axis=0)[-3:].mean(0)
+            out[a:b, 1] = knn.max(0)
+        if sig.ease is not None:
+            out[a:b, 2] = sig.ease[np.ix_(h, c)].max(0)
+        if sig.covisit is not None:
+            out[a:b, 3] = sig.covisit[h][:, c].max(0).toarray().ravel()
+        if sig.text is not None:
+            out[a:b, 4] = (sig.text[h] @ sig.text[c].T).max(0)
+        if sig.als_items is not None:
+            out[a:b, 5] = (_unit(sig.als_items[h]) @ _unit(sig.als_items[c]).T).max(0)
     return out
 
 

@@ -136,6 +136,39 @@ def _age_days(w: World) -> np.ndarray:
                      for i in w.sig.item_ids])
 
 
+def item_item(w: World, view: str) -> np.ndarray:
+    """(n_items, n_items) item-item matrix of one view, from the raw inputs."""
+    ids = w.sig.item_ids
+    pos = {int(i): r for r, i in enumerate(ids)}
+    if view in ("ease", "itemknn"):  # on the binary user x item matrix of the pairs
+        x = np.zeros((w.pairs.user_id.nunique(), len(ids)))
+        for r, (_, g) in enumerate(w.pairs.groupby("user_id")):
+            x[r, [pos[i] for i in g.item_id]] = 1.0
+        if view == "itemknn":  # cosine of co-occurrence counts
+            g = x.T @ x
+            d = np.sqrt(np.maximum(np.diag(g), 1.0))
+            cos = g / d[:, None] / d[None, :]
+            np.fill_diagonal(cos, 0.0)
+            return cos
+        # Steck's closed form
+        p = np.linalg.inv(x.T @ x + 200.0 * np.eye(len(ids)))
+        b = -p / np.diag(p)
+        np.fill_diagonal(b, 0.0)
+        return b
+    if view == "covisit":
+        c = np.zeros((len(ids), len(ids)))
+        for a, b, s in w.art.covisit.itertuples(index=False):
+            c[pos[a], pos[b]] = s
+        return c
+    if view == "text":
+        t = _unit(_by_id(w.art.text_ids, w.art.text, ids))
+        return t @ t.T
+    if view == "als":
+        v = _unit(_by_id(w.art.als.item_ids, w.art.als.item_factors, ids))
+        return v @ v.T
+    raise AssertionError(view)
+
+
 def reference(w: World, source: str, users: np.ndarray) -> np.ndarray:
     """(len(users), n_items) scores of one signal, from the raw inputs."""
     uids = w.sig.user_ids[users]
@@ -145,27 +178,11 @@ def reference(w: World, source: str, users: np.ndarray) -> np.ndarray:
         f = w.art.als if source == "als" else w.art.two_tower
         return (_by_id(f.user_ids, f.user_factors, uids)
                 @ _by_id(f.item_ids, f.item_factors, ids).T)
-    if source in ("ease", "itemknn"):  # on the binary user x item matrix of the pairs
-        pos = {int(i): r for r, i in enumerate(ids)}
-        x = np.zeros((w.pairs.user_id.nunique(), len(ids)))
-        for r, (_, g) in enumerate(w.pairs.groupby("user_id")):
-            x[r, [pos[i] for i in g.item_id]] = 1.0
-        if source == "itemknn":  # cosine of co-occurrence counts
-            g = x.T @ x
-            d = np.sqrt(np.maximum(np.diag(g), 1.0))
-            cos = g / d[:, None] / d[None, :]
-            np.fill_diagonal(cos, 0.0)
-            return np.array([cos[h].sum(0) if h else np.zeros(len(ids)) for h in hrows])
-        # Steck's closed form
-        p = np.linalg.inv(x.T @ x + 200.0 * np.eye(len(ids)))
-        b = -p / np.diag(p)
-        np.fill_diagonal(b, 0.0)
-        return np.array([b[h].sum(0) if h else np.zeros(len(ids)) for h in hrows])
+    if source in ("ease", "itemknn"):
+        m = item_item(w, source)
+        return np.array([m[h].sum(0) if h else np.zeros(len(ids)) for h in hrows])
     if source in ("covisit", "covisit_history"):
-        pos = {int(i): r for r, i in enumerate(ids)}
-        c = np.zeros((len(ids), len(ids)))
-        for a, b, s in w.art.covisit.itertuples(index=False):
-            c[pos[a], pos[b]] = s
+        c = item_item(w, "covisit")
         n = cg.RECENT if source == "covisit" else None
         return np.array([c[h[:n]].mean(0) if h else np.zeros(len(ids)) for h in hrows])
     if source == "text":
@@ -300,6 +317,30 @@ def test_features_shape_and_per_user_normalisation(world):
     np.testing.assert_array_equal(alone.item, cand.item[cand.user == 0])
     np.testing.assert_allclose(cg.features(sig, users[:1], alone), x[cand.user == 0],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_nearest_history_features_match_raw_similarities(world):
+    """Each nearest-* feature is the candidate's highest similarity to any one item of
+    the user's history under that view; itemknn_top3 the mean of its three highest."""
+    sig = world.sig
+    users = np.append(warm_rows(world)[:5], list(sig.user_ids).index(COLD_USER))
+    cand = cg.generate(sig, users, EVERY)
+    x = cg.features(sig, users, cand)
+    col = {n: k for k, n in enumerate(cg.feature_names())}
+    hrows = _history_rows(world, sig.user_ids[users])
+    views = {v: item_item(world, v) for v in cg.NEAREST}
+    for r in range(len(users)):
+        seg, items = x[cand.user == r], cand.item[cand.user == r]
+        for v, m in views.items():
+            want = m[hrows[r]][:, items].max(0) if hrows[r] else np.zeros(len(items))
+            np.testing.assert_allclose(seg[:, col[f"{v}_nearest"]], want, rtol=1e-4,
+                                       atol=1e-5, err_msg=f"user row {r}, view {v}")
+        knn = views["itemknn"][hrows[r]][:, items] if hrows[r] else np.zeros((1, len(items)))
+        np.testing.assert_allclose(seg[:, col["itemknn_top3"]],
+                                   np.sort(knn, axis=0)[-3:].mean(0), rtol=1e-4, atol=1e-5)
+    # The cold user (no history) has no nearest item: every such feature is 0.
+    cold = x[cand.user == len(users) - 1]
+    assert len(cold) and not cold[:, [col[f"{v}_nearest"] for v in cg.NEAREST]].any()
 
 
 # --- The ranker --------------------------------------------------------------------------
