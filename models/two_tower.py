@@ -64,7 +64,7 @@ class TwoTowerConfig:
     uniformly drawn catalog items to each batch's negatives (mixed negative sampling).
     """
 
-    dim: int = 64
+    dim: int = 128
     hidden: int = 256
     history_len: int = 200
     epochs: int = 12
