@@ -164,9 +164,7 @@ def train_ranker(day: dt.date, pairs: dict, extracted: dict, text: dict,
     out = lake.partition("ranker", day)
     with lake.atomic_dir(out) as tmp:
         model.save(tmp)
-    return {"dir": str(out), **info, "features": model.names,
-            "params": {"hidden": list(model.config.hidden), "epochs": model.config.epochs,
-                       "lr": model.config.lr, "seed": model.config.seed}}
+    return {"dir": str(out), **info, "features": model.names, "params": model.params()}
 
 
 def item_stats(day: dt.date, extracted: dict) -> dict:

@@ -79,14 +79,6 @@ def catalog_ids(pairs: pd.DataFrame, items: pd.DataFrame | None) -> np.ndarray:
     return np.unique(ids)
 
 
-def _align(ids: np.ndarray, vectors: np.ndarray, on: np.ndarray) -> np.ndarray:
-    """Rows of ``vectors`` (keyed by ``ids``) in the order of ``on``; zeros where absent."""
-    out = np.zeros((len(on), vectors.shape[1]), "float32")
-    pos = pd.Index(ids).get_indexer(on)
-    out[pos >= 0] = vectors[pos[pos >= 0]]
-    return out
-
-
 def build_signals(pairs: pd.DataFrame, items: pd.DataFrame | None, art: Artifacts, *,
                   as_of: pd.Timestamp, config: FunnelConfig = FunnelConfig(),
                   users: np.ndarray | None = None,
@@ -147,14 +139,15 @@ def build_signals(pairs: pd.DataFrame, items: pd.DataFrame | None, art: Artifact
         np.add.at(per, (c_of_pair[ok], item_row[ok]), 1.0)
         sig.country_popularity = per / np.maximum(per.max(1, keepdims=True), 1.0)
     if art.als is not None:
-        sig.als_users = _align(art.als.user_ids, art.als.user_factors, users)
-        sig.als_items = _align(art.als.item_ids, art.als.item_factors, item_ids)
+        sig.als_users = cg.align_rows(art.als.user_ids, art.als.user_factors, users)
+        sig.als_items = cg.align_rows(art.als.item_ids, art.als.item_factors, item_ids)
     if art.two_tower is not None:
-        sig.tt_users = _align(art.two_tower.user_ids, art.two_tower.user_factors, users)
-        sig.tt_items = _align(art.two_tower.item_ids, art.two_tower.item_factors, item_ids)
+        sig.tt_users = cg.align_rows(art.two_tower.user_ids, art.two_tower.user_factors,
+                                     users)
+        sig.tt_items = cg.align_rows(art.two_tower.item_ids, art.two_tower.item_factors,
+                                     item_ids)
     if art.text is not None:
-        t = _align(art.text_ids, art.text, item_ids)
-        sig.text = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-9)
+        sig.text = cg.unit_rows(cg.align_rows(art.text_ids, art.text, item_ids))
     if art.covisit is not None:
         sig.covisit = cg.covisit_matrix(art.covisit, item_ids)
     if config.ease_max_items > 0:
@@ -178,7 +171,7 @@ def fit_artifacts(pairs: pd.DataFrame, items: pd.DataFrame, *, spark, settings,
     cat = catalog(items, pairs)
     vectors = None
     if text is not None:
-        vectors = _align(text[0], text[1], cat["item_id"].to_numpy())
+        vectors = cg.align_rows(text[0], text[1], cat["item_id"].to_numpy())
     model, item_feats, user_feats = tt.fit(pairs, cat, settings.two_tower_config(),
                                            text=vectors)
     two_tower = train_als.Factors(user_feats.user_ids, model.user_vectors(user_feats),
@@ -349,16 +342,14 @@ def reason_for(sig: cg.Signals, user: int, item: int, source: int,
 
 
 def history_similarity(sig: cg.Signals, user: int, items: np.ndarray,
-                       source: np.ndarray, unit_als: np.ndarray | None = None
-                       ) -> list[np.ndarray | None]:
+                       source: np.ndarray) -> list[np.ndarray | None]:
     """Per item: its similarity to each history item (the measure behind its reason):
     text cosine for text picks, else co-visitation plus 1e-3 x ALS cosine (text cosine
     for an item without an ALS vector), which breaks ties and zeros."""
     hist = sig.history[user]
     if not len(hist):
         return [None] * len(items)
-    if unit_als is None and sig.als_items is not None:
-        unit_als = _unit_rows(sig.als_items)
+    unit_als = sig.als_unit
     co = sig.covisit[hist][:, items].toarray().T if sig.covisit is not None else \
         np.zeros((len(items), len(hist)), "float32")
     als = unit_als[items] @ unit_als[hist].T if unit_als is not None else None
@@ -377,11 +368,6 @@ def history_similarity(sig: cg.Signals, user: int, items: np.ndarray,
     return out
 
 
-def _unit_rows(v: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.where(n == 0, 1.0, n)
-
-
 def final_lists(sig: cg.Signals, ranked: Ranked, titles: pd.Series, k: int, *,
                 config: RerankConfig, rules: Rules = Rules(), with_reasons: bool = True
                 ) -> pd.DataFrame:
@@ -389,7 +375,6 @@ def final_lists(sig: cg.Signals, ranked: Ranked, titles: pd.Series, k: int, *,
     cats = [sig.category_names[c] if c >= 0 else None for c in sig.category]
     pin_rows = pd.Index(sig.item_ids).get_indexer(list(rules.pins))
     pin_rows = pin_rows[pin_rows >= 0]
-    unit_als = _unit_rows(sig.als_items) if sig.als_items is not None else None
     titles = titles[~titles.index.duplicated()].to_dict()
     records = []
     for n, u in enumerate(ranked.users):
@@ -407,7 +392,7 @@ def final_lists(sig: cg.Signals, ranked: Ranked, titles: pd.Series, k: int, *,
                      popularity=sig.popularity[items])
         items, scores, source = items[pos], scores[pos], source[pos]
         if with_reasons:
-            sims = history_similarity(sig, u, items, source, unit_als)
+            sims = history_similarity(sig, u, items, source)
             why = [reason_for(sig, u, i, s, titles, m)
                    for i, s, m in zip(items, source, sims, strict=True)]
         else:

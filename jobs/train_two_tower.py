@@ -80,12 +80,11 @@ def text_matrix(items: pd.DataFrame, cache_dir: Path | None = None) -> np.ndarra
 def store_vectors(store: pd.DataFrame, item_ids: np.ndarray) -> np.ndarray:
     """Rows of a text store (item_id, vector) in the order of ``item_ids`` (zeros for an
     item without a vector yet)."""
+    from models.candidates import align_rows
+
     vecs = np.stack(store["vector"].to_numpy()).astype("float32") if len(store) else \
         np.zeros((0, 1), "float32")
-    out = np.zeros((len(item_ids), vecs.shape[1]), "float32")
-    pos = pd.Index(store["item_id"].to_numpy()).get_indexer(item_ids)
-    out[pos >= 0] = vecs[pos[pos >= 0]]
-    return out
+    return align_rows(store["item_id"].to_numpy(), vecs, item_ids)
 
 
 def _vectors_frame(ids: np.ndarray, vectors: np.ndarray) -> pd.DataFrame:

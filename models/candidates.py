@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -107,6 +108,26 @@ class Signals:
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    @cached_property
+    def als_unit(self) -> np.ndarray | None:
+        """Unit-length ALS item vectors (zero rows stay zero), computed once: the
+        nearest-history features and the reasons read ALS cosines."""
+        return None if self.als_items is None else unit_rows(self.als_items)
+
+
+def unit_rows(v: np.ndarray) -> np.ndarray:
+    """Rows of ``v`` scaled to unit length; all-zero rows stay zero."""
+    n = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.where(n == 0, 1.0, n)
+
+
+def align_rows(ids: np.ndarray, vectors: np.ndarray, on: np.ndarray) -> np.ndarray:
+    """Rows of ``vectors`` (keyed by ``ids``) in the order of ``on``; zeros where absent."""
+    out = np.zeros((len(on), vectors.shape[1]), "float32")
+    pos = pd.Index(ids).get_indexer(on)
+    out[pos >= 0] = vectors[pos[pos >= 0]]
+    return out
 
 
 # --- Signals from training data --------------------------------------------------------
@@ -376,10 +397,6 @@ def features(sig: Signals, users: np.ndarray, cand: Candidates) -> np.ndarray:
     return out
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
-
-
 def nearest_history(sig: Signals, users: np.ndarray, cand: Candidates) -> np.ndarray:
     """(m, 1 + len(NEAREST)): per candidate, the mean of its 3 highest co-occurrence
     cosines to the user's history items, then its highest similarity to any one of them
@@ -403,8 +420,8 @@ def nearest_history(sig: Signals, users: np.ndarray, cand: Candidates) -> np.nda
             out[a:b, 3] = sig.covisit[h][:, c].max(0).toarray().ravel()
         if sig.text is not None:
             out[a:b, 4] = (sig.text[h] @ sig.text[c].T).max(0)
-        if sig.als_items is not None:
-            out[a:b, 5] = (_unit(sig.als_items[h]) @ _unit(sig.als_items[c]).T).max(0)
+        if sig.als_unit is not None:
+            out[a:b, 5] = (sig.als_unit[h] @ sig.als_unit[c].T).max(0)
     return out
 
 

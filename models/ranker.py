@@ -1,11 +1,10 @@
 """The learned ranker: stage 2 of the funnel (PyTorch).
 
 A small MLP scores each candidate from its features (models/candidates.py); ``ensemble``
-such nets, trained with consecutive seeds, average their scores (steadier than one). Each is
-trained
-listwise: per user, a softmax over the user's candidates, with the candidates the user
-interacted with in the label period as the targets (cross-entropy averaged over each
-user's positives). Inputs are standardised with the training means and deviations, which
+such nets, trained with consecutive seeds, average their scores (steadier than one). Each
+is trained listwise: per user, a softmax over the user's candidates, with the candidates
+the user interacted with in the label period as the targets (cross-entropy averaged over
+each user's positives). Inputs are standardised with the training means and deviations, which
 are saved with the weights. Seeded; trains on one thread by default, so a run is
 repeatable and does not fight other jobs for the cores.
 """
@@ -81,13 +80,17 @@ class Ranker:
                     / len(self.nets)
         return out
 
+    def params(self) -> dict:
+        """The configuration as plain JSON values (what ``model_runs`` records)."""
+        return {**asdict(self.config), "hidden": list(self.config.hidden)}
+
     def save(self, path: Path | str) -> None:
         import torch
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         torch.save([net.state_dict() for net in self.nets], path / "ranker.pt")
-        meta = {"config": {**asdict(self.config), "hidden": list(self.config.hidden)},
+        meta = {"config": self.params(),
                 "features": self.names, "mean": self.mean.tolist(), "std": self.std.tolist(),
                 "log": self.log}
         (path / "ranker.json").write_text(json.dumps(meta, indent=1))
