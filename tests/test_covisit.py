@@ -189,10 +189,13 @@ def test_window_and_min_count_are_respected(spark, random_pairs):
 def test_empty_and_pairless_inputs_give_empty_frames(spark):
     empty = covisit.count(spark, TINY.iloc[:0])
     assert list(empty.columns) == COLUMNS and empty.empty
-    assert empty.dtypes.to_dict() == covisit._empty().dtypes.to_dict()
-    # Pairs, but no item is co-visited twice.
+    dtypes = {"item_id": "int64", "neighbour_id": "int64", "score": "float32",
+              "count": "int64"}
+    assert empty.dtypes.astype(str).to_dict() == dtypes
+    # Pairs, but no pair of items is co-visited by 4 users.
     lonely = covisit.count(spark, TINY, window=1, min_count=4)
     assert lonely.empty and list(lonely.columns) == COLUMNS
+    assert lonely.dtypes.astype(str).to_dict() == dtypes
 
 
 def test_bad_parameters_name_the_argument(spark):

@@ -52,8 +52,9 @@ def test_daily_policy(parsed):
     assert dag["catchup"] is False and dag["max_active_runs"] == 1
     assert dag["timetable"] == "CronDataIntervalTimetable"
     assert all(t["retries"] == 2 for t in dag["tasks"].values())
-    als = dag["tasks"]["train_als"]
-    assert als["type"] == "SparkSubmitOperator" and als["conn_id"] == "spark_default"
+    for spark_task in ("train_als", "covisit"):
+        task = dag["tasks"][spark_task]
+        assert task["type"] == "SparkSubmitOperator" and task["conn_id"] == "spark_default"
 
 
 def test_dag_files_keep_heavy_imports_inside_tasks():

@@ -24,6 +24,8 @@ import pytest
 import requests
 
 from core.settings import PROJECT_ROOT
+from models.candidates import feature_names
+from models.ranker import RankerConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.spark,
               pytest.mark.slow]
@@ -93,6 +95,14 @@ def test_pipeline_published_through_airflow_and_recorded(demo):
                                "WHERE model_version = %s", (live,))[0]
     assert status == "published"
     assert metrics["als"]["ndcg@10"] > metrics["popularity"]["ndcg@10"]
+    # The gate judged the published lists (the full funnel), not one model.
+    assert metrics["full_pipeline"]["ndcg@10"] > metrics["popularity"]["ndcg@10"]
+    assert {"ranker", "two_tower", "ease", "covisit"} <= set(metrics)
+    # The ranker's features, parameters and training figures are on record.
+    training = metrics["ranker_training"]
+    assert training["features"] == feature_names()
+    assert set(training["params"]) == set(RankerConfig.__dataclass_fields__)
+    assert training["n_users"] > 0 and 0.0 < training["candidate_recall"] <= 1.0
     assert metrics["index"]["items_ip"]["recall@10"] == 1.0  # exact below the threshold
     # The DAG ran in Airflow: its metadata database holds a successful run.
     r = demo.recs("airflow", "dags", "list-runs", "daily", "-o", "plain")
@@ -103,6 +113,16 @@ def test_pipeline_published_through_airflow_and_recorded(demo):
                        WHERE r.user_id IS NULL""")[0][0] == 0
     assert demo.sql("""SELECT count(*) FROM live_recommendations r
                        JOIN interactions i USING (user_id, item_id)""")[0][0] == 0
+    # Reasons are true: lists do name history items, and every named item is one the
+    # user really consumed.
+    assert demo.sql("""SELECT count(*) FROM live_recommendations
+                       WHERE reason LIKE 'Because you watched %'""")[0][0] > 0
+    assert demo.sql("""SELECT count(*) FROM live_recommendations r
+                       WHERE (r.reason LIKE 'Because you watched %'
+                              OR r.reason LIKE 'Similar to %')
+                         AND NOT EXISTS (SELECT 1 FROM interactions i
+                                         WHERE i.user_id = r.user_id
+                                           AND i.item_id = r.reason_item_id)""")[0][0] == 0
 
 
 def test_served_lists_match_the_published_ones(demo):

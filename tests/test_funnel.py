@@ -126,7 +126,9 @@ def _affinity(w: World, uid: int) -> dict[str, float]:
     h = w.hist.get(uid, [])
     if h:
         return {c: float(np.mean([cat[i] == c for i in h])) for c in CATS}
-    return {c: (1.0 if c == "Comedy" and uid == COLD_USER else 0.0) for c in CATS}
+    if uid == COLD_USER:  # onboarding preference "Comedy"
+        return {c: float(c == "Comedy") for c in CATS}
+    return dict.fromkeys(CATS, 1.0)  # no taste known: every category alike
 
 
 def _age_days(w: World) -> np.ndarray:
@@ -256,13 +258,17 @@ def test_generator_proposes_its_best_items_outside_history(world, source):
         got = ranked_list(cand, r, j)
         assert not set(got.tolist()) & set(hrows[r]), f"user {u}: history item proposed"
         if int(world.sig.user_ids[u]) not in world.hist and source not in ("trending", "new"):
-            continue  # no signal: every score is 0, the picks are arbitrary
+            # No signal: every score is 0, and a score of 0 is never a pick.
+            assert len(got) == 0, f"user {u}: {source} proposed {got} without evidence"
+            continue
         allowed = np.setdiff1d(np.arange(world.sig.n_items), hrows[r])
         best = np.sort(ref[r, allowed])[::-1][:len(got)]
         assert len(got) == N, f"user {u}: {len(got)} items"
         # Its items, in its order, are those with the highest reference scores.
         np.testing.assert_allclose(ref[r, got], best, rtol=1e-4, atol=1e-5)
         assert (np.diff(ref[r, got]) <= 1e-5).all()
+        if source in ("trending", "new"):  # every user, even one of unknown taste
+            assert (ref[r, got] > 0).all(), f"user {u}: {source} picks without evidence"
 
 
 def test_generate_merges_duplicates_keeping_every_rank(world):
@@ -307,9 +313,14 @@ def test_features_shape_and_per_user_normalisation(world):
             score, z, pct = (seg[:, col[f"{s}_{n}"]] for n in ("score", "z", "pct"))
             assert pct.min() == 0.0 and pct.max() == 1.0, (r, s)
             assert abs(z.mean()) < 1e-4 and abs(z.std() - 1.0) < 1e-3
-            # pct is the rank of the score among this user's candidates only.
-            order = np.argsort(np.argsort(score, kind="stable"), kind="stable")
-            np.testing.assert_allclose(pct, order / (len(seg) - 1), atol=1e-6)
+            # pct is the rank of the score among this user's candidates only: the ranks
+            # 0 .. n-1 scaled to [0, 1], a higher score always at a higher rank.
+            np.testing.assert_allclose(np.sort(pct), np.arange(len(seg)) / (len(seg) - 1),
+                                       atol=1e-6)
+            by_score = np.argsort(score, kind="stable")
+            lower, higher = by_score[:-1], by_score[1:]
+            strict = score[higher] > score[lower]
+            assert (pct[higher][strict] > pct[lower][strict]).all(), (r, s)
             np.testing.assert_allclose(seg[:, col[f"{s}_score"]],
                                        cand.scores[cand.user == r, cg.SOURCES.index(s)])
     # A user's features do not depend on who else is in the batch.
@@ -460,8 +471,7 @@ def test_final_lists_reasons_name_the_most_similar_history_item(world, lists):
                 kinds.add(why.split(" ")[0])
                 assert rid == -1
                 assert why.endswith(f" in {cat[item]}"), (item, why)
-                if src in ("trending", "new"):
-                    assert why.startswith("Trending" if src == "trending" else "New")
+                assert src == ("trending" if why.startswith("Trending") else "new"), why
             elif why.startswith("Popular in "):  # the user's own country
                 kinds.add("Popular")
                 assert rid == -1 and src == "country"

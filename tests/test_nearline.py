@@ -25,12 +25,15 @@ DAY = dt.date(2026, 10, 31)  # the synthetic data's newest day
 
 
 def train_numpy(pairs: dict) -> None:
-    """Write ALS factors as jobs/train_als.py does, trained by the numpy reference."""
+    """Write ALS factors and co-visitation tables as jobs/train_als.py and jobs/covisit.py
+    do, computed by the tests' references (numpy ALS, the plain-Python co-visitation of
+    tests/test_covisit.py), so no JVM starts."""
+    from jobs.daily import FITS
     from jobs.train_als import Factors, save_factors
     from models.als import fit
+    from tests.test_covisit import reference as covisit_reference
 
     s = settings_mod.get()
-    from jobs.daily import FITS
 
     for name, part in FITS.items():
         frame = pd.read_parquet(pairs[part])
@@ -41,11 +44,12 @@ def train_numpy(pairs: dict) -> None:
         uf, itf = fit(matrix, s.als_rank, s.als_reg, s.als_alpha, iters=8, seed=s.seed)
         save_factors(Factors(users, uf.astype("float32"), items, itf.astype("float32")),
                      Path(pairs["als_dir"]) / name)
-        out = Path(pairs["covisit_dir"]) / name  # no co-visits: that generator is off
+        out = Path(pairs["covisit_dir"]) / name
         out.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame({"item_id": pd.Series(dtype="int64"),
-                      "neighbour_id": pd.Series(dtype="int64"),
-                      "score": pd.Series(dtype="float32")}).to_parquet(out / "covisit.parquet")
+        table = covisit_reference(frame, window=s.covisit_window, top=s.covisit_top,
+                                  min_count=s.covisit_min_count)
+        assert len(table), "the synthetic data should co-visit"
+        table.to_parquet(out / "covisit.parquet", index=False)
 
 
 def build_live_version(dsn: str, *, users: int = 120, items: int = 80,

@@ -8,17 +8,7 @@ import psycopg2
 
 from jobs import text_embeddings as job
 from models import text as text_model
-
-
-class CountingEncoder:
-    """The real MiniLM encoder, remembering which texts it was asked to embed."""
-
-    def __init__(self):
-        self.calls: list[list[str]] = []
-
-    def __call__(self, texts):
-        self.calls.append(list(texts))
-        return text_model.encode(texts)
+from tests.test_hourly import CountingEncoder
 
 
 def _items(tmp_path, titles: dict[int, str]) -> str:
@@ -38,13 +28,13 @@ def test_only_new_and_changed_items_are_embedded(settings, dsn, tmp_path):
     assert first["embedded"] == 3 and first["n_items"] == 3
 
     again = job.run(_items(tmp_path, titles), dsn=dsn, lake_root=lake, encoder=enc)
-    assert again["embedded"] == 0 and len(enc.calls) == 1  # nothing changed: no encoding
+    assert again["embedded"] == 0 and len(enc.texts) == 3  # nothing changed: no encoding
 
     titles[2] = "Heat (1995 director's cut)"
     titles[4] = "Solaris (1972)"
     third = job.run(_items(tmp_path, titles), dsn=dsn, lake_root=lake, encoder=enc)
     assert third["embedded"] == 2
-    assert [t.split(".")[0] for t in enc.calls[-1]] == ["Heat (1995 director's cut)",
+    assert [t.split(".")[0] for t in enc.texts[3:]] == ["Heat (1995 director's cut)",
                                                        "Solaris (1972)"]
 
     store = pd.read_parquet(third["store"]).set_index("item_id")
