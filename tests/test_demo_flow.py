@@ -116,10 +116,10 @@ def test_pipeline_published_through_airflow_and_recorded(demo):
     # Reasons are true: lists do name history items, and every named item is one the
     # user really consumed.
     assert demo.sql("""SELECT count(*) FROM live_recommendations
-                       WHERE reason LIKE 'Because you watched %'""")[0][0] > 0
+                       WHERE reason LIKE 'Because you watched %%'""")[0][0] > 0
     assert demo.sql("""SELECT count(*) FROM live_recommendations r
-                       WHERE (r.reason LIKE 'Because you watched %'
-                              OR r.reason LIKE 'Similar to %')
+                       WHERE (r.reason LIKE 'Because you watched %%'
+                              OR r.reason LIKE 'Similar to %%')
                          AND NOT EXISTS (SELECT 1 FROM interactions i
                                          WHERE i.user_id = r.user_id
                                            AND i.item_id = r.reason_item_id)""")[0][0] == 0
