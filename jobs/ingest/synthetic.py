@@ -7,6 +7,11 @@ signal to find. Events fall in ``[end_date - n_days, end_date)`` (UTC, unix seco
 each after its item's and its user's ``created_ts``, and are generated in fixed blocks
 with their own seeded generator, so memory stays bounded at any ``n_events`` and the
 data does not depend on the chunk size asked for.
+
+Optional shape knobs (all off by default, which keeps the original data and digest):
+heavier-tailed user activity (cold start), sequential sessions that walk a seeded
+per-category chain of successor items, and users whose preferred categories switch at
+a point in time. :data:`SHAPES` names presets of them for robustness benchmarks.
 """
 
 from __future__ import annotations
@@ -88,6 +93,11 @@ class SyntheticConfig:
     new_item_days: int = 3  # capped at n_days
     preferred_share: float = 0.8  # share of picks from the user's preferred categories
     event_weights: tuple[float, float, float, float] = (0.6, 0.25, 0.05, 0.1)  # EVENT_TYPES
+    # Shape knobs; at their defaults they are left out of params(), so digests stay put.
+    activity_sigma: float = 1.0  # sigma of the lognormal user activity (median user: 1)
+    activity_cap: float = 0.0  # if > 0, no user is more active than this many median users
+    sequential_share: float = 0.0  # share of events that continue the previous item's chain
+    drift_share: float = 0.0  # share of users whose preferred categories switch once
 
     def __post_init__(self) -> None:
         for name, lo in (("n_users", 1), ("n_items", 1), ("n_events", 0), ("n_days", 1),
@@ -105,10 +115,16 @@ class SyntheticConfig:
         if not 0 < self.zipf_exponent <= 10:
             raise ValueError(f"SyntheticConfig.zipf_exponent={self.zipf_exponent}: "
                              "must be in (0, 10]")
-        for name in ("new_item_fraction", "preferred_share"):
+        for name in ("new_item_fraction", "preferred_share", "sequential_share", "drift_share"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"SyntheticConfig.{name}={v}: must be between 0 and 1")
+        if not 0 < self.activity_sigma <= 10:
+            raise ValueError(f"SyntheticConfig.activity_sigma={self.activity_sigma}: "
+                             "must be in (0, 10]")
+        if not (self.activity_cap == 0 or 1 <= self.activity_cap <= 1e6):
+            raise ValueError(f"SyntheticConfig.activity_cap={self.activity_cap}: "
+                             "must be 0 (no cap) or in [1, 1e6]")
         w = self.event_weights
         if (len(w) != len(EVENT_TYPES) or any(x < 0 for x in w) or sum(w) <= 0):
             raise ValueError(f"SyntheticConfig.event_weights={w!r}: expected "
@@ -139,6 +155,11 @@ class SyntheticConfig:
         d["end_date"] = self.end_date.isoformat()
         d["event_weights"] = list(self.event_weights)
         d["generator_version"] = GENERATOR_VERSION
+        for name, default in _SHAPE_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]  # configs from before the shape knobs keep their digest
+            else:
+                d[name] = float(d[name])
         return d
 
     def digest(self) -> str:
@@ -146,6 +167,31 @@ class SyntheticConfig:
         return hashlib.sha256(json.dumps(self.params(), sort_keys=True).encode()).hexdigest()
 
 
+_SHAPE_DEFAULTS: dict[str, float] = {
+    "activity_sigma": 1.0, "activity_cap": 0.0, "sequential_share": 0.0, "drift_share": 0.0}
+
+SHAPES: dict[str, dict[str, object]] = {
+    "default": {},
+    "popular": {"zipf_exponent": 1.6, "preferred_share": 0.5},  # strong popularity skew
+    "longtail": {"zipf_exponent": 0.4, "preferred_share": 0.95},  # flat, taste-driven
+    "sequential": {"sequential_share": 0.6},  # sessions along successor chains
+    # Heavy cold start: many users with a handful of events; the cap keeps one user from
+    # taking a large share of all events. n_users is 2.5x the default (overridable).
+    "coldstart": {"activity_sigma": 2.5, "activity_cap": 100.0, "n_users": 2500},
+    "drift": {"drift_share": 0.7},  # most users switch preferred categories once
+}
+
+
+def shape_config(name: str, **overrides: object) -> SyntheticConfig:
+    """The :data:`SHAPES` preset ``name`` as a config; ``overrides`` win over the preset."""
+    if name not in SHAPES:
+        raise ValueError(f"unknown synthetic shape {name!r}: expected one of "
+                         f"{', '.join(SHAPES)}")
+    return SyntheticConfig(**{**SHAPES[name], **overrides})
+
+
+# Random streams: 1 items, 2 clusters, 3 users, (4, block) events, 5 successor chains,
+# 6 drift schedule, (7, block) sequential sessions. New draws need new stream numbers.
 def _rng(config: SyntheticConfig, *stream: int) -> np.random.Generator:
     return np.random.default_rng([config.seed, *stream])
 
@@ -238,13 +284,47 @@ def generate_users(config: SyntheticConfig) -> pd.DataFrame:
         "created_ts": created.astype(np.int64),
         "clusters": clusters,
         "categories": categories,
-        "activity": _activity(rng, n),
+        "activity": _activity(rng, n, config.activity_sigma, config.activity_cap),
     })
 
 
-def _activity(rng: np.random.Generator, n: int) -> np.ndarray:
-    w = rng.lognormal(0.0, 1.0, n)
+def _activity(rng: np.random.Generator, n: int, sigma: float, cap: float) -> np.ndarray:
+    w = rng.lognormal(0.0, sigma, n)
+    if cap > 0:
+        w = np.minimum(w, cap)
     return w / w.sum()
+
+
+def successors(config: SyntheticConfig, items: pd.DataFrame) -> np.ndarray:
+    """Row of each item's successor: the next item on a seeded random chain through the
+    item's category (the chain's last item leads back to its first)."""
+    rng = _rng(config, 5)
+    cat = items["category"].to_numpy()
+    succ = np.arange(len(items), dtype=np.int64)
+    for name, _ in CATEGORIES[:config.n_categories]:
+        idx = np.flatnonzero(cat == name)
+        chain = idx[rng.permutation(len(idx))]
+        succ[chain] = np.roll(chain, -1)
+    return succ
+
+
+def drift_schedule(config: SyntheticConfig, users: pd.DataFrame) -> pd.DataFrame:
+    """Per user (rows as ``users``): user_id, drifts, switch_ts and shift. From switch_ts
+    on (a seeded point in the middle half of the user's time in the event period), a
+    drifting user's preferred category indexes move by ``shift`` (mod n_categories)."""
+    rng = _rng(config, 6)
+    n = len(users)
+    drifts = (rng.random(n) < config.drift_share) & (config.n_categories > 1)
+    frac = rng.uniform(0.25, 0.75, n)
+    shift = rng.integers(1, max(config.n_categories, 2), n)
+    active_from = np.maximum(users["created_ts"].to_numpy(), config.start_ts)
+    switch = active_from + (frac * (config.end_ts - active_from)).astype(np.int64)
+    return pd.DataFrame({
+        "user_id": users["user_id"].to_numpy(),
+        "drifts": drifts,
+        "switch_ts": switch.astype(np.int64),
+        "shift": np.where(drifts, shift, 0).astype(np.int64),
+    })
 
 
 class _Sampler:
@@ -277,6 +357,18 @@ class _Sampler:
         w = np.asarray(config.event_weights, dtype=np.float64)
         self.type_p = w / w.sum()
         self.id_seed = int(config.digest()[:15], 16)
+        self.successor = successors(config, items) if config.sequential_share > 0 else None
+        self.drift = drift_schedule(config, users) if config.drift_share > 0 else None
+
+    def _in_category(self, cat: np.ndarray, r: np.ndarray, it: np.ndarray) -> np.ndarray:
+        """``it`` with each row of category ``cat`` >= 0 redrawn there by popularity."""
+        it = it.copy()
+        for c in range(self.config.n_categories):
+            mask = cat == c
+            if mask.any():
+                pos = np.searchsorted(self.cat_cdf[c], r[mask], side="right")
+                it[mask] = self.cat_items[c][np.minimum(pos, len(self.cat_items[c]) - 1)]
+        return it
 
     def block(self, b: int, m: int) -> pd.DataFrame:
         cfg = self.config
@@ -290,19 +382,20 @@ class _Sampler:
         r = rng.random(m)
         it = np.minimum(np.searchsorted(self.global_cdf, r, side="right"),
                         len(self.item_ids) - 1)
-        for c in range(cfg.n_categories):
-            mask = cat == c
-            if mask.any():
-                pos = np.searchsorted(self.cat_cdf[c], r[mask], side="right")
-                it[mask] = self.cat_items[c][np.minimum(pos, len(self.cat_items[c]) - 1)]
+        it = self._in_category(cat, r, it)
         etype = rng.choice(len(EVENT_TYPES), m, p=self.type_p)
         is_rating = etype == EVENT_TYPES.index("rating")
-        mean = np.where(preferred, 4.0, 2.5)
-        stars = np.clip(np.rint(mean + rng.normal(0.0, 0.9, m)), 1, 5)
-        rating = np.where(is_rating, stars, np.nan)
+        noise = rng.normal(0.0, 0.9, m)
         lo = np.maximum.reduce([np.full(m, cfg.start_ts), self.item_created[it] + 1,
                                 self.user_created[u]])
         ts = lo + (rng.random(m) * (cfg.end_ts - lo)).astype(np.int64)
+        if self.drift is not None:
+            it = self._drift(u, cat, r, it, ts)
+        if self.successor is not None:
+            it, ts, preferred = self._sequential(b, u, it, ts, preferred)
+        mean = np.where(preferred, 4.0, 2.5)
+        stars = np.clip(np.rint(mean + noise), 1, 5)
+        rating = np.where(is_rating, stars, np.nan)
         index = np.arange(b * BLOCK_ROWS, b * BLOCK_ROWS + m, dtype=np.int64)
         frame = pd.DataFrame({
             "event_id": stable_ids(np.full(m, self.id_seed, dtype=np.int64), index),
@@ -314,6 +407,55 @@ class _Sampler:
         })
         order = np.argsort(frame["ts"].to_numpy(), kind="stable")
         return frame.iloc[order].reset_index(drop=True)[list(EVENT_COLUMNS)]
+
+    def _drift(self, u: np.ndarray, cat: np.ndarray, r: np.ndarray, it: np.ndarray,
+               ts: np.ndarray) -> np.ndarray:
+        """Preferred picks of drifting users from their switch on move to the shifted
+        categories (same popularity quantile); a pick that would predate its item stays."""
+        assert self.drift is not None
+        shift = self.drift["shift"].to_numpy()[u]
+        moved = (shift > 0) & (cat >= 0) & (ts >= self.drift["switch_ts"].to_numpy()[u])
+        new_cat = np.where(moved, (cat + shift) % self.config.n_categories, -1)
+        alt = self._in_category(new_cat, r, it)
+        return np.where(ts > self.item_created[alt], alt, it)
+
+    def _sequential(self, b: int, u: np.ndarray, it: np.ndarray, ts: np.ndarray,
+                    preferred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """In each user's time order within the block, each event after the first follows
+        on from the previous one with probability ``sequential_share``: its item becomes
+        the previous item's successor and its time a short gap after the previous event
+        (at most half-way to the user's next event, so the block's order holds and the
+        session stays contiguous among the other blocks' events). A follow-on that would
+        predate its item keeps the original draw; one that is kept takes the preference
+        flag (for its rating) of the event that started its session."""
+        assert self.successor is not None
+        cfg, m = self.config, len(u)
+        rng = _rng(cfg, 7, b)
+        follow = rng.random(m) < cfg.sequential_share
+        gap = 30 + rng.exponential(900.0, m).astype(np.int64)
+        order = np.lexsort((ts, u))
+        su, sts = u[order], ts[order]
+        same = su[1:] == su[:-1]
+        follow = follow[order]
+        follow[0] = False
+        follow[1:] &= same
+        limit = np.full(m, cfg.end_ts, dtype=np.int64)  # the next event's original time
+        limit[:-1] = np.where(same, sts[1:], cfg.end_ts)
+        items, times = it[order].tolist(), sts.tolist()
+        succ, created = self.successor.tolist(), self.item_created.tolist()
+        gaps, limits = gap.tolist(), limit.tolist()
+        chained = np.zeros(m, dtype=bool)
+        for j in np.flatnonzero(follow).tolist():
+            prev = times[j - 1]
+            nxt, t = succ[items[j - 1]], prev + min(gaps[j], (limits[j] - prev) // 2)
+            if t > prev and t > created[nxt]:
+                items[j], times[j], chained[j] = nxt, t, True
+        start = np.maximum.accumulate(np.where(chained, 0, np.arange(m)))
+        out_it, out_ts, out_pref = np.empty_like(it), np.empty_like(ts), np.empty_like(preferred)
+        out_it[order] = items
+        out_ts[order] = times
+        out_pref[order] = preferred[order][start]
+        return out_it, out_ts, out_pref
 
 
 def iter_events(config: SyntheticConfig, chunk_size: int = CHUNK_ROWS, *,
