@@ -140,10 +140,11 @@ def cmd_load(args, s) -> int:
     from jobs.ingest import load as loader
 
     if args.source == "synthetic":
-        from jobs.ingest.synthetic import SyntheticConfig
+        from jobs.ingest.synthetic import shape_config
 
-        cfg = SyntheticConfig(n_users=args.users, n_items=args.items, n_events=args.events,
-                              n_days=args.days, seed=args.seed)
+        sizes = {"n_users": args.users, "n_items": args.items, "n_events": args.events,
+                 "n_days": args.days, "seed": args.seed}  # given ones override the shape
+        cfg = shape_config(args.shape, **{k: v for k, v in sizes.items() if v is not None})
         report = loader.load_synthetic(cfg, dsn=s.dsn)
     else:
         path = Path(args.source)
@@ -205,31 +206,121 @@ def airflow_db_ready(s) -> None:
 
 
 def run_daily(s, day: dt.date, inline: bool = False) -> dict:
-    """Run the daily pipeline for ``day`` through Airflow (or in-process with inline)."""
+    """Run the daily pipeline for ``day`` through Airflow (or in-process with inline),
+    printing progress; the run's ``model_runs`` row, or ``failure`` when it failed."""
+    started = dt.datetime.now(dt.UTC)
+    t0 = time.perf_counter()
+    result: dict = {"day": day, "status": None, "message": None, "metrics": {}}
+    if inline:
+        result.update(_run_inline(day, t0))
+    else:
+        result.update(_run_through_airflow(s, day, started))
+    if result.get("failure") is None:
+        result.update(_model_run(s, result["version"]))
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def _run_inline(day: dt.date, t0: float) -> dict:
+    """``jobs.daily.run_all`` in this process, with a start and an end line."""
+    from cli.progress import format_line
+    from jobs import daily
+
+    print(format_line(0.0, "daily", "running"), flush=True)
+    try:
+        out = {"version": daily.run_all(day)["version"], "failure": None}
+    except Exception as exc:
+        log.exception("the in-process daily run failed")
+        out = {"version": None, "failure": f"the in-process run raised {exc!r}"}
+    seconds = time.perf_counter() - t0
+    state = "failed" if out["failure"] else "success"
+    print(format_line(seconds, "daily", state, seconds), flush=True)
+    return out
+
+
+def _run_through_airflow(s, day: dt.date, started: dt.datetime) -> dict:
+    """``airflow dags test daily`` for ``day``, its tasks' progress printed meanwhile."""
+    from cli.airflow_env import metadata_url
+    from cli.progress import RunWatcher
+    from core.db import libpq_dsn
+    from jobs.evaluate import model_version
+
+    airflow_db_ready(s)
+    # The run whose data interval is [day, day + 1).
+    logical = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)
+    argv = ("dags", "test", "daily", logical.date().isoformat())
+    watcher = RunWatcher(libpq_dsn(metadata_url(s)), "daily", logical_date=logical,
+                         started=started)
+    with watcher:
+        rc = airflow(s, *argv, check=False).returncode
+    failure = None
+    if rc != 0:
+        how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+        failure = f"`airflow {' '.join(argv)}` {how}"
+        if watcher.tracker.failed():
+            failure += f" (failed tasks: {', '.join(watcher.tracker.failed())})"
+    return {"version": model_version(day, s.digest()), "failure": failure}
+
+
+def _model_run(s, version: str) -> dict:
+    """Status, message and metrics of ``version`` in ``model_runs`` (status None: none)."""
     from core import db
 
-    t0 = time.perf_counter()
-    if inline:
-        from jobs import daily
-
-        result = daily.run_all(day)
-    else:
-        airflow_db_ready(s)
-        # The run whose data interval is [day, day + 1).
-        run_date = (day + dt.timedelta(days=1)).isoformat()
-        airflow(s, "dags", "test", "daily", run_date)
-        from jobs.evaluate import model_version
-
-        result = {"version": model_version(day, s.digest())}
     with db.transaction(s.dsn) as cur:
         cur.execute("SELECT status, message, metrics FROM model_runs WHERE model_version = %s",
-                    (result["version"],))
+                    (version,))
         row = cur.fetchone()
     if row is None:
-        raise CliError(f"the daily run for {day} recorded no model run")
-    result.update(status=row[0], message=row[1], metrics=row[2],
-                  seconds=round(time.perf_counter() - t0, 1))
-    return result
+        return {"status": None}
+    return {"status": row[0], "message": row[1], "metrics": row[2] or {}}
+
+
+def pipeline_exit(result: dict) -> tuple[int, str | None]:
+    """Exit status of ``recs pipeline`` and its closing line: 0 only when published,
+    3 when the gate rejected the version, 1 for anything else."""
+    version, status, message = result.get("version"), result["status"], result["message"]
+    if result.get("failure"):
+        return 1, f"recs: the daily run for {result['day']} failed: {result['failure']}"
+    if status == "published":
+        return 0, None
+    if status == "rejected":
+        return 3, f"nothing was published: the gate rejected {version}: {message}"
+    if status is None:
+        return 1, (f"recs: the daily run for {result['day']} recorded no model run "
+                   f"{version}; nothing was published")
+    return 1, f"recs: {version} ended {status} ({message}); nothing was published"
+
+
+def summary_lines(result: dict) -> list[str]:
+    """The recorded outcome: status line, the gate's figures, the published model."""
+    if result["status"] is None:
+        return []
+    metrics = result["metrics"]
+    lines = [f"{result['version']}: {result['status']} - {result['message']} in "
+             f"{result['seconds']}s"]
+    for name in ("full_pipeline", "ranker", "als", "two_tower", "popularity"):
+        if isinstance(metrics.get(name), dict):
+            m = metrics[name]
+            lines.append(f"  {name:<14} NDCG@10 {m.get('ndcg@10', float('nan')):.4f}  "
+                         f"precision@10 {m.get('precision@10', float('nan')):.4f}")
+    model = metrics.get("published_model")
+    if model:
+        label = ("published model" if result["status"] == "published"
+                 else "model the gate judged (not published)")
+        lines.append(f"{label}: {published_model_text(model)}")
+    return lines
+
+
+def published_model_text(value) -> str:
+    """``name (NDCG@10 0.4300): reason`` from ``metrics["published_model"]``."""
+    if not isinstance(value, dict):
+        return str(value)
+    text = str(value.get("name", "?"))
+    if isinstance(value.get("ndcg@10"), int | float):
+        text += f" (NDCG@10 {value['ndcg@10']:.4f})"
+    if value.get("reason"):
+        text += f": {value['reason']}"
+    return text
 
 
 def cmd_pipeline(args, s) -> int:
@@ -237,14 +328,12 @@ def cmd_pipeline(args, s) -> int:
     print(f"running the daily pipeline for {day} "
           f"({'in process' if args.inline else 'through Airflow'})", flush=True)
     result = run_daily(s, day, inline=args.inline)
-    metrics = result["metrics"]
-    print(f"{result['version']}: {result['status']} - {result['message']} in "
-          f"{result['seconds']}s")
-    for name in ("full_pipeline", "ranker", "als", "two_tower", "popularity"):
-        if name in metrics:
-            print(f"  {name:<14} NDCG@10 {metrics[name].get('ndcg@10', float('nan')):.4f}  "
-                  f"precision@10 {metrics[name].get('precision@10', float('nan')):.4f}")
-    return 0 if result["status"] in ("published", "rejected") else 1
+    for line in summary_lines(result):
+        print(line)
+    code, closing = pipeline_exit(result)
+    if closing:
+        print(closing, file=sys.stdout if code == 3 else sys.stderr, flush=True)
+    return code
 
 
 def cmd_airflow(args, s) -> int:
@@ -360,9 +449,7 @@ def cmd_evaluate(args, s) -> int:
     from jobs import protocol, report
 
     data = Path(args.data)  # not a MovieLens folder: the loader's ValueError names it
-    if args.ranker_split:
-        s = s.replace(ranker_split=args.ranker_split)
-    table = protocol.run(data, split=args.split, settings=s, folds=args.folds)
+    table = protocol.run(data, split=args.split, settings=s)
     print(protocol.format_table(table))
     out = Path(args.out) if args.out else s.home / "reports" / f"{data.name}-{args.split}"
     paths = report.write(protocol.report_table(table), out)
@@ -392,11 +479,15 @@ def build_parser() -> argparse.ArgumentParser:
                       "ml-1m layouts) or 'synthetic'")
     load.add_argument("--skip-bad", action="store_true",
                       help="count and report bad rows instead of stopping")
-    load.add_argument("--users", type=int, default=1000)
-    load.add_argument("--items", type=int, default=500)
-    load.add_argument("--events", type=int, default=50_000)
-    load.add_argument("--days", type=int, default=30)
-    load.add_argument("--seed", type=int, default=42)
+    # Synthetic sizes left out take the shape's values; given ones override them.
+    load.add_argument("--users", type=int, help="default 1000 (coldstart: 2500)")
+    load.add_argument("--items", type=int, help="default 500")
+    load.add_argument("--events", type=int, help="default 50000")
+    load.add_argument("--days", type=int, help="default 30")
+    load.add_argument("--seed", type=int, help="default 42")
+    load.add_argument("--shape", default="default",
+                      help="synthetic data shape: default, popular, longtail, sequential, "
+                      "coldstart or drift (see jobs/ingest/synthetic.py SHAPES)")
     load.set_defaults(func=cmd_load)
 
     pipe = sub.add_parser("pipeline", help="run the daily DAG once (through Airflow)")
@@ -417,17 +508,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--bind", default=os.environ.get("RECS_SERVE_BIND", "127.0.0.1:8000"))
     ex.set_defaults(func=cmd_examples)
 
-    ev = sub.add_parser("evaluate", help="benchmark protocol on a dataset folder")
+    ev = sub.add_parser("evaluate", help="benchmark protocol on a dataset folder, with the "
+                                         "daily DAG's settings (RECS_* variables)")
     ev.add_argument("--data", required=True, help="MovieLens folder")
     ev.add_argument("--split", choices=["stratified", "time", "chrono"], default="stratified",
                     help="stratified (the protocol), time (global cut) or chrono (each "
                          "user's newest pairs)")
     ev.add_argument("--out", help="folder for the table (.md, .csv, .png, .json); default "
                                   "var/reports/<dataset>-<split>")
-    ev.add_argument("--folds", type=int, default=1,
-                    help="ranker training splits to pool (default 1)")
-    ev.add_argument("--ranker-split", choices=["stratified", "time", "chrono"],
-                    help="how the ranker's labels are held out (default RECS_RANKER_SPLIT)")
     ev.set_defaults(func=cmd_evaluate)
 
     af = sub.add_parser("airflow", help="run an airflow command with the project's settings")

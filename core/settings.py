@@ -71,8 +71,8 @@ class Settings:
     ease_lambda: float = 200.0
     ease_max_items: int = 20_000  # EASE is dense (items^2 floats); off above this
     ranker_epochs: int = 20
-    ranker_holdout: float = 0.2  # share of the training pairs (newest) that label the ranker
-    ranker_split: str = "time"  # how the ranker's labels are held out: time|chrono|stratified
+    ranker_folds: int = 2  # the ranker is cross-fitted over this many folds of gate users
+    gate_max_users: int = 5000  # the gate scores (and the ranker learns on) at most these
     rerank_diversity: float = 0.0
     rerank_freshness: float = 0.0
     rerank_max_run: int = 2
@@ -108,10 +108,18 @@ class Settings:
                 "als_rank", "als_reg", "als_alpha", "als_iters", "exact_index_max_items",
                 "holdout_fraction", "gate_margin", "two_tower_epochs", "two_tower_text",
                 "covisit_window", "covisit_top", "covisit_min_count", "ease_lambda",
-                "ease_max_items", "ranker_epochs", "ranker_holdout", "ranker_split",
+                "ease_max_items", "ranker_epochs", "ranker_folds", "gate_max_users",
                 "rerank_diversity", "rerank_freshness", "rerank_max_run",
                 "rerank_popularity_penalty")
-        return {k: getattr(self, k) for k in keys}
+        out: dict[str, Any] = {k: getattr(self, k) for k in keys}
+        # The models' own configurations, whole: a change of any of them (a two-tower
+        # dimension, a ranker layer, a pool size) is a new model version.
+        funnel = self.funnel_config()
+        out["two_tower"] = _plain(dataclasses.asdict(self.two_tower_config()))
+        out["ranker"] = _plain(dataclasses.asdict(funnel.ranker))
+        out["pools"] = dataclasses.asdict(funnel.sizes)
+        out["rerank"] = dataclasses.asdict(funnel.rerank)
+        return out
 
     def two_tower_config(self):
         from models.two_tower import TwoTowerConfig
@@ -140,6 +148,11 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    """Tuples as lists, so that the parameters read back from JSON compare equal."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -175,7 +188,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "ease_lambda": (0.0, 1e9),
     "ease_max_items": (0, 100_000),
     "ranker_epochs": (1, 1000),
-    "ranker_holdout": (0.01, 0.9),
+    "ranker_folds": (2, 20),
+    "gate_max_users": (10, 10**7),
     "rerank_diversity": (0.0, 1.0),
     "rerank_freshness": (0.0, 100.0),
     "rerank_max_run": (1, 1000),
@@ -220,9 +234,6 @@ def _validate(s: Settings) -> None:
                                                           "postgresql+psycopg2://")):
         raise SettingsError(f"{PREFIX}DATABASE_URL: expected a postgresql:// URL, "
                             f"got {s.database_url.split(':')[0]!r}")
-    if s.ranker_split not in ("time", "chrono", "stratified"):
-        raise SettingsError(f"{PREFIX}RANKER_SPLIT={s.ranker_split!r}: expected 'time', "
-                            "'chrono' or 'stratified'")
     if s.serve_limit_default > s.serve_limit_max:
         raise SettingsError(f"{PREFIX}SERVE_LIMIT_DEFAULT exceeds {PREFIX}SERVE_LIMIT_MAX")
 

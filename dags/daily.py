@@ -1,8 +1,9 @@
 """Daily: the two-stage funnel, from the day's events to published lists.
 
 extract -> prepare -> [Spark ALS, Spark co-visitation, text embeddings -> two-tower,
-item stats, FAISS index] -> ranker -> precompute (candidates, ranking, re-ranking,
-reasons) -> evaluate -> gate -> publish.
+item stats, FAISS index] -> evaluate (the ranker cross-fitted on the held-out users; every
+generator, the ranker and the full pipeline scored; the lists to publish chosen) -> gate
+-> precompute (the chosen lists: candidates, ranking, re-ranking, reasons) -> publish.
 
 Wiring only: every step is a function in jobs/daily.py; heavy imports happen inside the
 tasks; XCom carries paths and small dicts. Each run covers its data interval (one day),
@@ -65,28 +66,23 @@ def daily():
         return steps.train_two_tower(_day(), pairs, extracted, text)
 
     @task
-    def train_ranker(pairs: dict, extracted: dict, text: dict, two_tower: dict) -> dict:
-        return steps.train_ranker(_day(), pairs, extracted, text, two_tower)
-
-    @task
     def build_index(pairs: dict) -> dict:
         return steps.build_index(_day(), pairs)
 
     @task
-    def precompute(pairs: dict, extracted: dict, index: dict, text: dict, two_tower: dict,
-                   ranker: dict) -> dict:
-        return steps.precompute(_day(), pairs, extracted, index, text, two_tower, ranker)
-
-    @task
-    def evaluate(pairs: dict, extracted: dict, index: dict, lists: dict, stats: dict,
-                 text: dict, two_tower: dict, ranker: dict) -> dict:
-        return steps.evaluate(_day(), pairs, extracted, index, lists, stats, text, two_tower,
-                              ranker)
+    def evaluate(pairs: dict, extracted: dict, index: dict, stats: dict, text: dict,
+                 two_tower: dict) -> dict:
+        return steps.evaluate(_day(), pairs, extracted, index, stats, text, two_tower)
 
     @task.short_circuit
     def gate(result: dict) -> bool:
         print(result["message"])
         return bool(result["passed"])
+
+    @task
+    def precompute(pairs: dict, extracted: dict, index: dict, text: dict, two_tower: dict,
+                   result: dict) -> dict:
+        return steps.precompute(_day(), pairs, extracted, index, text, two_tower, result)
 
     @task
     def publish(result: dict, pairs: dict, lists: dict, stats: dict) -> dict:
@@ -101,11 +97,11 @@ def daily():
     pairs >> train_als >> index
     text = text_embeddings(extracted)
     two_tower = train_two_tower(pairs, extracted, text)
-    ranker = train_ranker(pairs, extracted, text, two_tower)
-    [train_als, covisit] >> ranker
-    lists = precompute(pairs, extracted, index, text, two_tower, ranker)
-    result = evaluate(pairs, extracted, index, lists, stats, text, two_tower, ranker)
-    gate(result) >> publish(result, pairs, lists, stats)
+    result = evaluate(pairs, extracted, index, stats, text, two_tower)
+    [train_als, covisit] >> result
+    lists = precompute(pairs, extracted, index, text, two_tower, result)
+    gate(result) >> lists
+    publish(result, pairs, lists, stats)
 
 
 daily()

@@ -18,9 +18,9 @@ from core.settings import PROJECT_ROOT
 
 ALS_APP = str(PROJECT_ROOT / "jobs" / "train_als.py")
 COVISIT_APP = str(PROJECT_ROOT / "jobs" / "covisit.py")
-# Each trained artefact exists three times: on the full window (published lists), on the
-# evaluation split's training part (the gate) and on the ranker's training part.
-FITS = {"full": "full", "eval": "train", "rank": "rank_train"}
+# Each trained artefact exists twice: on the full window (published lists) and on the
+# evaluation split's training part (the gate, and the ranker's training candidates).
+FITS = {"full": "full", "eval": "train"}
 
 
 def day_of(data_interval_end: dt.datetime) -> dt.date:
@@ -38,8 +38,7 @@ def prepare(day: dt.date, extracted: dict) -> dict:
     from jobs import prepare as job
 
     s = settings_mod.get()
-    out = job.run(day, extracted["events"], holdout=s.holdout_fraction, seed=s.seed,
-                  rank_holdout=s.ranker_holdout, rank_split=s.ranker_split)
+    out = job.run(day, extracted["events"], holdout=s.holdout_fraction, seed=s.seed)
     als_dir = lake.partition("als", day)
     out["als_dir"] = str(als_dir)
     out["als_args"] = als_args(out, als_dir)
@@ -107,19 +106,38 @@ def text_embeddings(day: dt.date, extracted: dict) -> dict:
     return job.run(extracted["items"])
 
 
-def train_two_tower(day: dt.date, pairs: dict, extracted: dict, text: dict) -> dict:
-    """The two-tower model on each fit's pairs, with its own FAISS index."""
+def _fit_two_tower(pairs_path: str, items_path: str, out_dir: str, config,
+                   users_path: str | None, text_store: str | None, exact_max: int) -> dict:
     from jobs import train_two_tower as job
 
+    res = job.run(pairs_path, items_path, out_dir, config, users_path=users_path,
+                  text_store=text_store, exact_max=exact_max)
+    return {k: res[k] for k in ("dir", "train_seconds", "loss", "items_ip")}
+
+
+def train_two_tower(day: dt.date, pairs: dict, extracted: dict, text: dict) -> dict:
+    """The two-tower model on each fit's pairs, with its own FAISS index. Each fit trains
+    on one thread (repeatable), so the fits run side by side in their own processes, one
+    per core (the result is the same as one after the other)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
     s = settings_mod.get()
-    out = {}
-    for name, part in FITS.items():
-        res = job.run(pairs[part], extracted["items"],
-                      str(lake.partition("two_tower", day) / name), s.two_tower_config(),
-                      users_path=extracted.get("users"),
-                      text_store=text["store"] if s.two_tower_text else None,
-                      exact_max=s.exact_index_max_items)
-        out[name] = {k: res[k] for k in ("dir", "train_seconds", "loss", "items_ip")}
+    jobs = {name: (pairs[part], extracted["items"],
+                   str(lake.partition("two_tower", day) / name), s.two_tower_config(),
+                   extracted.get("users"), text["store"] if s.two_tower_text else None,
+                   s.exact_index_max_items)
+            for name, part in FITS.items()}
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers < 2:
+        out = {name: _fit_two_tower(*args) for name, args in jobs.items()}
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            futures = {name: pool.submit(_fit_two_tower, *args)
+                       for name, args in jobs.items()}
+            out = {name: f.result() for name, f in futures.items()}
     return {"dir": str(lake.partition("two_tower", day)), "fits": out}
 
 
@@ -150,23 +168,6 @@ def _signals(day: dt.date, fit: str, pairs: dict, extracted: dict, text: dict,
                                 preferences=prefs, countries=countries), train, items
 
 
-def train_ranker(day: dt.date, pairs: dict, extracted: dict, text: dict,
-                 two_tower: dict) -> dict:
-    """The learned ranker: candidates from the ``rank`` fit, labels = ``rank_labels``."""
-    import pandas as pd
-
-    from jobs import funnel
-
-    s = settings_mod.get()
-    sig, _, _ = _signals(day, "rank", pairs, extracted, text, two_tower)
-    model, info = funnel.fit_ranker([(sig, pd.read_parquet(pairs["rank_labels"]))],
-                                    s.funnel_config())
-    out = lake.partition("ranker", day)
-    with lake.atomic_dir(out) as tmp:
-        model.save(tmp)
-    return {"dir": str(out), **info, "features": model.names, "params": model.params()}
-
-
 def item_stats(day: dt.date, extracted: dict) -> dict:
     from jobs import item_stats as job
 
@@ -184,46 +185,53 @@ def build_index(day: dt.date, pairs: dict) -> dict:
                    exact_max=s.exact_index_max_items, seed=s.seed)
 
 
-def precompute(day: dt.date, pairs: dict, extracted: dict, index: dict, text: dict,
-               two_tower: dict, ranker: dict) -> dict:
-    from jobs import precompute as job
-
-    s = settings_mod.get()
-    sig, _, items = _signals(day, "full", pairs, extracted, text, two_tower)
-    return job.run_funnel(day, sig, ranker["dir"], items, str(Path(pairs["als_dir"]) / "full"),
-                          index["dir"], top_k=s.top_k, similar_k=s.similar_k,
-                          config=s.funnel_config(), rules=job.load_rules(items))
-
-
-def evaluate(day: dt.date, pairs: dict, extracted: dict, index: dict, lists: dict,
-             stats: dict, text: dict, two_tower: dict, ranker: dict) -> dict:
-    """The gate's figures: the whole funnel fitted on the training part (``eval`` fit)
-    with the day's ranker, against popularity and each generator, on the test part."""
+def evaluate(day: dt.date, pairs: dict, extracted: dict, index: dict, stats: dict,
+             text: dict, two_tower: dict) -> dict:
+    """The gate and the day's ranker: the funnel fitted on the training part (``eval``
+    fit), the ranker cross-fitted on the held-out users' candidates, every generator, the
+    ranker, the full pipeline and popularity scored on the test pairs; the lists to
+    publish chosen (jobs.funnel.choose), the run recorded in ``model_runs``."""
     import pandas as pd
 
     from jobs import evaluate as job
     from jobs import funnel
     from jobs import precompute as pre
-    from models.ranker import Ranker
 
     s = settings_mod.get()
     version = job.model_version(day, s.digest())
     sig, train, items = _signals(day, "eval", pairs, extracted, text, two_tower)
     test = pd.read_parquet(pairs["test"])
-    metrics = funnel.evaluate_table(
-        sig, Ranker.load(ranker["dir"]), s.funnel_config(), train, test,
-        n_catalog=int(pairs["n_items"]), titles=items.set_index("item_id")["title"],
-        rules=pre.load_rules(items))
-    metrics["ranker_training"] = {k: v for k, v in ranker.items() if k != "dir"}
+    metrics, ranker, info = funnel.gate_table(
+        sig, s.funnel_config(), train, test, n_catalog=int(pairs["n_items"]),
+        titles=items.set_index("item_id")["title"], rules=pre.load_rules(items),
+        folds=s.ranker_folds, max_users=s.gate_max_users)
+    ranker_dir = lake.partition("ranker", day)
+    with lake.atomic_dir(ranker_dir) as tmp:
+        ranker.save(tmp)
+    metrics["ranker_training"] = {**info, "features": ranker.names, "params": ranker.params()}
     metrics["two_tower_training"] = two_tower["fits"]["full"]
     artifacts = {"events": extracted["events"], "pairs": pairs["full"],
                  "als": pairs["als_dir"], "covisit": pairs["covisit_dir"],
-                 "two_tower": two_tower["dir"], "ranker": ranker["dir"],
-                 "text": text["store"], "index": index["dir"], **lists,
-                 "item_stats": stats["lists"]}
-    return job.run(day, version=version, metrics=metrics, pairs=pairs,
-                   extract=extracted, index_meta=index["meta"], artifacts=artifacts,
-                   params=s.model_params(), digest=s.digest(), margin=s.gate_margin)
+                 "two_tower": two_tower["dir"], "ranker": str(ranker_dir),
+                 "text": text["store"], "index": index["dir"], "item_stats": stats["lists"]}
+    result = job.run(day, version=version, metrics=metrics, pairs=pairs,
+                     extract=extracted, index_meta=index["meta"], artifacts=artifacts,
+                     params=s.model_params(), digest=s.digest(), margin=s.gate_margin)
+    return {**result, "ranker_dir": str(ranker_dir)}
+
+
+def precompute(day: dt.date, pairs: dict, extracted: dict, index: dict, text: dict,
+               two_tower: dict, result: dict) -> dict:
+    """The chosen lists (``result['model']``: the full pipeline or one generator) for
+    every user, from the ``full`` fit, re-ranked with the rules, with reasons."""
+    from jobs import precompute as job
+
+    s = settings_mod.get()
+    sig, _, items = _signals(day, "full", pairs, extracted, text, two_tower)
+    return job.run_funnel(day, sig, result["ranker_dir"], items,
+                          str(Path(pairs["als_dir"]) / "full"), index["dir"],
+                          top_k=s.top_k, similar_k=s.similar_k, config=s.funnel_config(),
+                          rules=job.load_rules(items), model=result["model"])
 
 
 def publish(result: dict, pairs: dict, lists: dict, stats: dict) -> dict:
@@ -245,9 +253,8 @@ def run_all(day: dt.date) -> dict:
     tt = train_two_tower(day, pairs, ex, text)
     stats = item_stats(day, ex)
     index = build_index(day, pairs)
-    ranker = train_ranker(day, pairs, ex, text, tt)
-    lists = precompute(day, pairs, ex, index, text, tt, ranker)
-    result = evaluate(day, pairs, ex, index, lists, stats, text, tt, ranker)
+    result = evaluate(day, pairs, ex, index, stats, text, tt)
     if result["passed"]:
+        lists = precompute(day, pairs, ex, index, text, tt, result)
         result["publish"] = publish(result, pairs, lists, stats)
     return result

@@ -81,22 +81,34 @@ def named(metrics: dict[str, float], k: int) -> dict[str, float]:
 
 
 def gated_model(metrics: dict) -> str:
-    """The published model's key: the full funnel where it ran, else ALS."""
+    """The key of the lists a version publishes: the gate's choice
+    (``published_model``, jobs.funnel.choose), else the full funnel, else ALS."""
+    if "published_model" in metrics:
+        return metrics["published_model"]["name"]
     return "full_pipeline" if "full_pipeline" in metrics else "als"
+
+
+def gated_figures(metrics: dict) -> dict[str, float]:
+    """The published lists' figures."""
+    if "published_model" in metrics:
+        return metrics["published_model"]
+    return metrics[gated_model(metrics)]
 
 
 def passes_gate(metrics: dict[str, dict[str, float]], margin: float,
                 live_ndcg: float | None = None, tolerance: float = 0.02) -> tuple[bool, str]:
     """A version's published lists must beat popularity on NDCG@10 by ``margin`` and not
     fall more than ``tolerance`` below the live version."""
-    ndcg = metrics[gated_model(metrics)][f"ndcg@{K}"]
+    name = gated_model(metrics)
+    ndcg = gated_figures(metrics)[f"ndcg@{K}"]
     base = metrics["popularity"][f"ndcg@{K}"]
     if ndcg <= base + margin:
-        return False, f"NDCG@{K} {ndcg:.4f} does not beat popularity {base:.4f} + {margin}"
+        return False, (f"{name} NDCG@{K} {ndcg:.4f} does not beat popularity {base:.4f} "
+                       f"+ {margin}: nothing is published")
     if live_ndcg is not None and ndcg < live_ndcg - tolerance:
-        return False, (f"NDCG@{K} {ndcg:.4f} regresses against the live version "
-                       f"{live_ndcg:.4f} by more than {tolerance}")
-    return True, f"NDCG@{K} {ndcg:.4f} beats popularity {base:.4f}"
+        return False, (f"{name} NDCG@{K} {ndcg:.4f} regresses against the live version "
+                       f"{live_ndcg:.4f} by more than {tolerance}: nothing is published")
+    return True, f"{name} NDCG@{K} {ndcg:.4f} beats popularity {base:.4f}"
 
 
 def model_version(day: dt.date, digest: str) -> str:
@@ -111,7 +123,8 @@ def run(day: dt.date, *, version: str, metrics: dict, pairs: dict, extract: dict
     metrics = {**metrics, "index": index_meta}
     gated = gated_model(metrics)
     with db.transaction(dsn) as cur:
-        cur.execute("""SELECT COALESCE(r.metrics->'full_pipeline'->>'ndcg@10',
+        cur.execute("""SELECT COALESCE(r.metrics->'published_model'->>'ndcg@10',
+                                       r.metrics->'full_pipeline'->>'ndcg@10',
                                        r.metrics->'als'->>'ndcg@10')::float
                        FROM serving_state s
                        JOIN model_runs r ON r.model_version = s.live_version
@@ -138,5 +151,5 @@ def run(day: dt.date, *, version: str, metrics: dict, pairs: dict, extract: dict
              json.dumps(metrics), json.dumps(artifacts), status, message))
     log.info("%s: %s (%s)", version, status, message)
     return {"version": version, "passed": passed, "message": message, "model": gated,
-            "ndcg@10": metrics[gated]["ndcg@10"],
+            "ndcg@10": gated_figures(metrics)["ndcg@10"],
             "popularity_ndcg@10": metrics["popularity"]["ndcg@10"]}

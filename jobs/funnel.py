@@ -197,64 +197,110 @@ def candidate_batches(sig: cg.Signals, users: np.ndarray, sizes: cg.PoolSizes,
         yield rows, cand, cg.features(sig, rows, cand)
 
 
-def training_set(sig: cg.Signals, labels: pd.DataFrame, sizes: cg.PoolSizes,
-                 max_users: int = 20_000, seed: int = 42):
-    """(features, user, label, recall) for the users with label pairs, at most
-    ``max_users`` of them (seeded sample). ``recall``: the share of label pairs that
-    the candidates contain (the ceiling of any ranker)."""
-    lab_users = pd.Index(sig.user_ids).get_indexer(np.unique(labels["user_id"].to_numpy()))
-    lab_users = lab_users[lab_users >= 0]
-    if len(lab_users) > max_users:
-        lab_users = np.sort(np.random.default_rng(seed).choice(lab_users, max_users,
-                                                               replace=False))
-    item_row = pd.Index(sig.item_ids).get_indexer(labels["item_id"].to_numpy())
-    user_row = pd.Index(sig.user_ids).get_indexer(labels["user_id"].to_numpy())
-    ok = (item_row >= 0) & (user_row >= 0)
-    truth = set(zip(user_row[ok].tolist(), item_row[ok].tolist(), strict=True))
-    xs, us, ys = [], [], []
+@dataclass
+class Pool:
+    """Every candidate of ``rows`` (user rows) with its features, sorted by user:
+    ``cand.user`` indexes ``rows``."""
+
+    rows: np.ndarray
+    cand: cg.Candidates
+    x: np.ndarray
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.searchsorted(self.cand.user, np.arange(len(self.rows) + 1))
+
+
+def candidate_pool(sig: cg.Signals, rows: np.ndarray, sizes: cg.PoolSizes) -> Pool:
+    """Candidates and features of ``rows``, generated once, for training and scoring."""
+    users, items, ranks, scores, xs = [], [], [], [], []
     offset = 0
-    for rows, cand, x in candidate_batches(sig, lab_users, sizes):
-        users = rows[cand.user]
-        ys.append(np.fromiter(((u, i) in truth for u, i in zip(users.tolist(),
-                                                               cand.item.tolist(),
-                                                               strict=True)),
-                              bool, len(users)))
+    for batch_rows, cand, x in candidate_batches(sig, rows, sizes):
+        users.append(cand.user + offset)
+        items.append(cand.item)
+        ranks.append(cand.ranks)
+        scores.append(cand.scores)
         xs.append(x)
-        us.append(cand.user + offset)
-        offset += len(rows)
-    if not xs:
-        raise ValueError("no user with label pairs has candidates: nothing to train on")
-    y = np.concatenate(ys)
-    asked = set(lab_users.tolist())
-    n_truth = sum(1 for u, _ in truth if u in asked)
-    return np.concatenate(xs), np.concatenate(us), y, float(y.sum() / max(n_truth, 1))
+        offset += len(batch_rows)
+    n_src, n_feat = len(cg.SOURCES), len(cg.feature_names())
+
+    def cat(parts: list, empty: np.ndarray) -> np.ndarray:
+        return np.concatenate(parts) if parts else empty
+
+    return Pool(rows, cg.Candidates(cat(users, np.empty(0, "int64")),
+                                    cat(items, np.empty(0, "int64")),
+                                    cat(ranks, np.empty((0, n_src), "int32")),
+                                    cat(scores, np.empty((0, n_src), "float32"))),
+                cat(xs, np.empty((0, n_feat), "float32")))
 
 
-def fit_ranker(folds: list[tuple[cg.Signals, pd.DataFrame]], config: FunnelConfig,
-               log_epoch: Callable[[dict], None] | None = None) -> tuple[rk.Ranker, dict]:
-    """Train the ranker on one or more (signals, label pairs) folds, pooled."""
+def pool_labels(sig: cg.Signals, pool: Pool, labels: pd.DataFrame) -> np.ndarray:
+    """Per candidate of ``pool``: whether (user, item) is a pair of ``labels``."""
+    u = pd.Index(sig.user_ids).get_indexer(labels["user_id"].to_numpy())
+    i = pd.Index(sig.item_ids).get_indexer(labels["item_id"].to_numpy())
+    ok = (u >= 0) & (i >= 0)
+    truth = np.unique(u[ok].astype("int64") * sig.n_items + i[ok])
+    key = pool.rows[pool.cand.user].astype("int64") * sig.n_items + pool.cand.item
+    return np.isin(key, truth)
+
+
+def _subset(user: np.ndarray, keep_users: np.ndarray) -> np.ndarray:
+    """Candidate positions of the users in ``keep_users`` (positions into pool rows)."""
+    return np.flatnonzero(np.isin(user, keep_users))
+
+
+def crossfit_ranker(pool: Pool, y: np.ndarray, config: FunnelConfig, folds: int,
+                    validation: float = 0.2,
+                    log_epoch: Callable[[dict], None] | None = None
+                    ) -> tuple[rk.Ranker, np.ndarray, dict]:
+    """Cross-fitted ranker over the users of ``pool`` (labels ``y``).
+
+    Users are split into ``folds`` seeded folds; the ranker of fold f trains on the other
+    folds' users (a ``validation`` share of them held out for early stopping) and scores
+    fold f's users, so every user gets a score from a ranker that never saw that user's
+    labels (the out-of-fold scores, returned). The published ranker averages the fold
+    rankers' nets. All share one standardisation (the pool's feature means and
+    deviations: no label enters it).
+    """
+    if folds < 2:
+        raise ValueError(f"folds={folds}: the cross-fit needs at least 2")
     t0 = time.perf_counter()
-    xs, us, ys, recalls = [], [], [], []
-    offset = 0
-    for sig, labels in folds:
-        x, user, y, recall = training_set(sig, labels, config.sizes, seed=config.ranker.seed)
-        xs.append(x)
-        us.append(user + offset)
-        ys.append(y)
-        recalls.append(recall)
-        offset += int(user.max()) + 1 if len(user) else 0
-    x, user, y = np.concatenate(xs), np.concatenate(us), np.concatenate(ys)
-    t1 = time.perf_counter()
-    model = rk.train(x, user, y, cg.feature_names(), config.ranker, log=log_epoch)
-    n_users = len(np.unique(user))
-    info = {"folds": len(folds), "n_candidates": int(len(x)), "n_users": n_users,
-            "candidates_per_user": round(len(x) / max(n_users, 1), 1),
-            "candidate_recall": round(float(np.mean(recalls)), 4), "positives": int(y.sum()),
-            "features_seconds": round(t1 - t0, 1),
-            "train_seconds": round(time.perf_counter() - t1, 1),
-            "final_loss": model.log[-1]["loss"]}
+    user = pool.cand.user
+    n_users = len(pool.rows)
+    rng = np.random.default_rng(config.ranker.seed)
+    fold_of = rng.permutation(n_users) % folds
+    scale = rk.scaling(pool.x) if len(pool.x) else None
+    oof = np.zeros(len(user), "float32")
+    rankers, val_info = [], []
+    names = cg.feature_names()
+    for f in range(folds):
+        test_users = np.flatnonzero(fold_of == f)
+        rest = np.flatnonzero(fold_of != f)
+        rest = rest[rng.permutation(len(rest))]
+        n_val = int(round(validation * len(rest)))
+        val_users, fit_users = np.sort(rest[:n_val]), np.sort(rest[n_val:])
+        fit, val = _subset(user, fit_users), _subset(user, val_users)
+        model = rk.train(pool.x[fit], user[fit], y[fit], names, config.ranker, log=log_epoch,
+                         val=(pool.x[val], user[val], y[val]) if len(val) else None,
+                         scale=scale)
+        idx = _subset(user, test_users)
+        oof[idx] = model.score(pool.x[idx])
+        rankers.append(model)
+        best = [e for e in model.log if "best_epoch" in e]
+        val_info.append({"fold": f + 1, "train_users": int(len(fit_users)),
+                         "validation_users": int(len(val_users)),
+                         "scored_users": int(len(test_users)),
+                         "best_epochs": [e["best_epoch"] for e in best],
+                         "val_ndcg@10": [e["val_ndcg@10"] for e in best]})
+    ranker = rk.Ranker.combine(rankers)
+    with_pos = np.unique(user[y])
+    info = {"folds": folds, "n_candidates": int(len(user)), "n_users": int(n_users),
+            "users_with_positives": int(len(with_pos)),
+            "candidates_per_user": round(len(user) / max(n_users, 1), 1),
+            "positives": int(y.sum()), "fold_training": val_info,
+            "train_seconds": round(time.perf_counter() - t0, 1)}
     log.info("ranker: %s", info)
-    return model, info
+    return ranker, oof, info
 
 
 @dataclass
@@ -279,7 +325,7 @@ def rank_users(sig: cg.Signals, users: np.ndarray, config: FunnelConfig,
     sizes = config.sizes
     if col is not None:  # one generator alone proposes its own pool
         sizes = cg.PoolSizes(**{s: (keep if s == by else 0) for s in cg.SOURCES})
-    width = np.maximum(np.array([sizes.get(n) for n in cg.SOURCES]), 1)
+    width = pool_widths(sizes)
     clock = {} if timings is None else timings
 
     def tick(stage: str, since: float) -> float:
@@ -300,15 +346,35 @@ def rank_users(sig: cg.Signals, users: np.ndarray, config: FunnelConfig,
             t = tick("ranker_score", t)
         else:
             s = cand.scores[:, col]
-        best = np.argmin(np.where(cand.ranks >= 0, cand.ranks / width, np.inf), axis=1)
-        starts = np.searchsorted(cand.user, np.arange(len(rows) + 1))
-        for lo, hi in zip(starts[:-1], starts[1:], strict=True):
-            order = lo + np.argsort(-s[lo:hi], kind="stable")[:keep]
-            items.append(cand.item[order])
-            scores.append(s[order].astype("float32"))
-            source.append(best[order])
+        part = best_lists(cand, s, len(rows), keep, width)
+        items += part.items
+        scores += part.scores
+        source += part.source
         tick("sort_keep", t)
     return Ranked(users, items, scores, source)
+
+
+def best_lists(cand: cg.Candidates, s: np.ndarray, n_users: int, keep: int,
+               width: np.ndarray, only: np.ndarray | None = None) -> Ranked:
+    """Per user 0..n_users-1 of ``cand`` (sorted by user): the ``keep`` candidates with
+    the highest ``s`` (ties: candidate order), each with its best-placed generator
+    (rank over that generator's pool ``width``). ``only``: a mask of candidates allowed."""
+    best = np.argmin(np.where(cand.ranks >= 0, cand.ranks / width, np.inf), axis=1)
+    starts = np.searchsorted(cand.user, np.arange(n_users + 1))
+    items, scores, source = [], [], []
+    for lo, hi in zip(starts[:-1], starts[1:], strict=True):
+        order = lo + np.argsort(-s[lo:hi], kind="stable")
+        if only is not None:
+            order = order[only[order]]
+        order = order[:keep]
+        items.append(cand.item[order])
+        scores.append(s[order].astype("float32"))
+        source.append(best[order])
+    return Ranked(np.arange(n_users), items, scores, source)
+
+
+def pool_widths(sizes: cg.PoolSizes) -> np.ndarray:
+    return np.maximum(np.array([sizes.get(n) for n in cg.SOURCES]), 1)
 
 
 # --- Re-ranking and reasons ---------------------------------------------------------------
@@ -420,22 +486,72 @@ def _frame(user_ids: np.ndarray, items: list[np.ndarray]) -> pd.DataFrame:
                          if len(items) else []})
 
 
-def evaluate_table(sig: cg.Signals, ranker: rk.Ranker | None, config: FunnelConfig,
-                   train: pd.DataFrame, test: pd.DataFrame, *, n_catalog: int,
-                   titles: pd.Series, rules: Rules = Rules(), k: int = K,
-                   generators: bool = True) -> dict[str, dict[str, float]]:
-    """Metrics at ``k`` on ``test`` of popularity, each generator alone (ALS and the
-    two-tower model among them), the ranker before re-ranking and the full pipeline (the
-    published lists: ranker, re-ranking and rules), all on the same users: the test
-    users with training pairs, their training items excluded."""
+def generator_lists(pool: Pool, source: str, keep: int, sizes: cg.PoolSizes) -> Ranked:
+    """One generator alone: its own pool among the candidates, in its own order."""
+    j = cg.SOURCES.index(source)
+    r = pool.cand.ranks[:, j]
+    ranked = best_lists(pool.cand, -r.astype("float64"), len(pool.rows), keep,
+                        pool_widths(sizes), only=r >= 0)
+    ranked.source = [np.full(len(i), j) for i in ranked.items]
+    ranked.users = pool.rows
+    return ranked
+
+
+def choose(metrics: dict[str, dict[str, float]], k: int = K) -> dict:
+    """The lists to publish: the full pipeline, or a generator's re-ranked lists where
+    one scores higher on NDCG@k (ties go to the full pipeline)."""
+    key = f"ndcg@{k}"
+    options = {}
+    if "full_pipeline" in metrics:
+        options["full_pipeline"] = metrics["full_pipeline"][key]
+    for name, m in metrics.get("reranked", {}).items():
+        options[name] = m[key]
+    if not options:
+        raise ValueError("nothing to choose from: no full pipeline and no generator")
+    name = max(options, key=lambda n: (options[n], n == "full_pipeline"))
+    figures = metrics["full_pipeline"] if name == "full_pipeline" else \
+        metrics["reranked"][name]
+    runner_up = sorted(((v, n) for n, v in options.items() if n != name), reverse=True)
+    if name == "full_pipeline":
+        why = "the full pipeline scores highest"
+    else:
+        why = (f"{name} alone, re-ranked, scores higher than the full pipeline "
+               f"({options.get('full_pipeline', float('nan')):.4f})")
+    if runner_up:
+        why += f"; next: {runner_up[0][1]} {runner_up[0][0]:.4f}"
+    return {"name": name, key: figures[key], f"precision@{k}": figures[f"precision@{k}"],
+            "reason": why, "options": {n: round(v, 6) for n, v in options.items()}}
+
+
+def gate_table(sig: cg.Signals, config: FunnelConfig, train: pd.DataFrame,
+               test: pd.DataFrame, *, n_catalog: int, titles: pd.Series, folds: int = 2,
+               rules: Rules = Rules(), k: int = K, max_users: int = 5000,
+               log_epoch: Callable[[dict], None] | None = None
+               ) -> tuple[dict, rk.Ranker, dict]:
+    """The gate's table and the day's ranker, on the held-out ``test`` pairs.
+
+    The users are the test users with training pairs (a seeded sample of ``max_users``
+    at most). Their candidates are generated once from ``sig`` (fitted on ``train``); the
+    ranker is cross-fitted on them (:func:`crossfit_ranker`: labels are the test pairs,
+    the very thing the gate measures, and each user is scored by a ranker that never saw
+    that user). Rows, all on the same users, training items excluded: popularity, each
+    generator alone, the ranker (out-of-fold), the full pipeline (ranker + re-ranking
+    with the rules), and under ``reranked`` each generator's lists after the same
+    re-ranking; ``published_model`` is :func:`choose`'s pick among the full pipeline and
+    the re-ranked generators. Returns (metrics, ranker for publishing, ranker info).
+    """
     from jobs.evaluate import named, popularity_predictions
     from models.metrics import evaluate_all
 
+    t0 = time.perf_counter()
     test_users = np.intersect1d(test["user_id"].to_numpy(), train["user_id"].to_numpy())
     rows = pd.Index(sig.user_ids).get_indexer(test_users)
-    rows = rows[rows >= 0]
+    rows = np.sort(rows[rows >= 0])
+    if len(rows) > max_users:
+        rng = np.random.default_rng(config.ranker.seed)
+        rows = np.sort(rng.choice(rows, max_users, replace=False))
     user_ids = sig.user_ids[rows]
-    truth = test[["user_id", "item_id"]]
+    truth = test[test["user_id"].isin(user_ids)][["user_id", "item_id"]]
     cats = {int(i): ({sig.category_names[c]} if c >= 0 else set())
             for i, c in zip(sig.item_ids, sig.category, strict=True)}
 
@@ -443,18 +559,31 @@ def evaluate_table(sig: cg.Signals, ranker: rk.Ranker | None, config: FunnelConf
         return named(evaluate_all(truth, pred, k=k, n_catalog=n_catalog,
                                   item_categories=cats, train=train), k)
 
-    out = {"popularity": score(popularity_predictions(train, user_ids, k))}
-    if generators:
-        for source in cg.SOURCES:
-            if cg.signal_scores(sig, source, rows[:1]) is None:
-                continue
-            ranked = rank_users(sig, rows, config, None, keep=k, by=source)
-            out[source] = score(_frame(user_ids, [sig.item_ids[i] for i in ranked.items]))
-    if ranker is not None:
-        ranked = rank_users(sig, rows, config, ranker)
-        out["ranker"] = score(_frame(user_ids, [sig.item_ids[i[:k]] for i in ranked.items]))
+    def reranked(ranked: Ranked) -> dict[str, float]:
         lists = final_lists(sig, ranked, titles, k, config=config.rerank, rules=rules,
                             with_reasons=False)
-        out["full_pipeline"] = score(_frame(lists["user_id"].to_numpy(),
-                                            list(lists["items"])))
-    return out
+        return score(_frame(lists["user_id"].to_numpy(), list(lists["items"])))
+
+    pool = candidate_pool(sig, rows, config.sizes)
+    t1 = time.perf_counter()
+    y = pool_labels(sig, pool, truth)
+    ranker, oof, info = crossfit_ranker(pool, y, config, folds, log_epoch=log_epoch)
+    info["candidate_recall"] = round(float(y.sum()) / max(len(truth), 1), 4)
+    info["features_seconds"] = round(t1 - t0, 1)
+    out: dict = {"popularity": score(popularity_predictions(train, user_ids, k)),
+                 "reranked": {}}
+    width = pool_widths(config.sizes)
+    for source in cg.SOURCES:
+        j = cg.SOURCES.index(source)
+        if config.sizes.get(source) == 0 or not (pool.cand.ranks[:, j] >= 0).any():
+            continue
+        gen = generator_lists(pool, source, config.sizes.get(source), config.sizes)
+        out[source] = score(_frame(user_ids, [sig.item_ids[i[:k]] for i in gen.items]))
+        out["reranked"][source] = reranked(gen)
+    ranked = best_lists(pool.cand, oof, len(rows), 300, width)
+    ranked.users = rows
+    out["ranker"] = score(_frame(user_ids, [sig.item_ids[i[:k]] for i in ranked.items]))
+    out["full_pipeline"] = reranked(ranked)
+    out["published_model"] = choose(out, k)
+    info["gate_seconds"] = round(time.perf_counter() - t0, 1)
+    return out, ranker, info

@@ -1,10 +1,12 @@
 """Precompute per-user top-K lists and per-item similar lists, each item with a reason.
 
-Personalized (:func:`run_funnel`, the daily DAG): the funnel of jobs/funnel.py, i.e.
-candidates from every generator, the learned ranker, re-ranking with the business rules,
-and a true reason per item. :func:`personalized_lists` is the ALS-only path the nearline
-DAG uses to refresh a user's list between daily runs (the reason names the item of the
-user's history most similar to the pick). Similar items: cosine neighbours of each item
+Personalized (:func:`run_funnel`, the daily DAG): the lists the gate chose, i.e. the
+funnel of jobs/funnel.py (candidates from every generator, the learned ranker, re-ranking
+with the business rules, a true reason per item) or, where one generator alone scored
+higher, that generator's lists through the same re-ranking and reasons.
+:func:`personalized_lists` is the ALS-only path the nearline DAG uses to refresh a
+user's list between daily runs (the reason names the item of the user's history most
+similar to the pick). Similar items: cosine neighbours of each item
 in ALS space ("Similar to <title>"). Output:
 ``lists/dt=<date>/{recommendations,similar}.parquet``.
 """
@@ -111,14 +113,24 @@ def load_rules(items: pd.DataFrame, dsn: str | None = None):
 
 def run_funnel(day: dt.date, sig, ranker_dir: str, items: pd.DataFrame, factors_dir: str,
                index_dir: str, *, top_k: int, similar_k: int, config, rules,
-               lake_root: Path | None = None) -> dict:
-    """Every user's list through the funnel, and the similar-items lists."""
+               model: str = "full_pipeline", lake_root: Path | None = None) -> dict:
+    """Every user's list, and the similar-items lists. ``model``: the gate's choice,
+    'full_pipeline' (candidates, ranker, re-ranking) or one generator's name (its own
+    lists, re-ranked with the same rules); reasons either way."""
     from jobs import funnel
+    from models.candidates import SOURCES
     from models.ranker import Ranker
 
     t0 = time.perf_counter()
     titles = items.set_index("item_id")["title"]
-    ranked = funnel.rank_users(sig, np.arange(sig.n_users), config, Ranker.load(ranker_dir))
+    users = np.arange(sig.n_users)
+    if model == "full_pipeline":
+        ranked = funnel.rank_users(sig, users, config, Ranker.load(ranker_dir))
+    elif model in SOURCES:
+        ranked = funnel.rank_users(sig, users, config, None, by=model,
+                                   keep=max(config.sizes.get(model), top_k))
+    else:
+        raise ValueError(f"model={model!r}: expected 'full_pipeline' or one of {SOURCES}")
     recs = funnel.final_lists(sig, ranked, titles, top_k, config=config.rerank, rules=rules)
     t1 = time.perf_counter()
     factors = load_factors(Path(factors_dir))
@@ -133,6 +145,6 @@ def run_funnel(day: dt.date, sig, ranker_dir: str, items: pd.DataFrame, factors_
              t1 - t0, rate, len(sims))
     sources = pd.Series(np.concatenate(recs["sources"].to_numpy()) if len(recs) else [])
     return {"recommendations": str(out / "recommendations.parquet"),
-            "similar": str(out / "similar.parquet"), "n_users": len(recs),
+            "similar": str(out / "similar.parquet"), "model": model, "n_users": len(recs),
             "n_similar": len(sims), "users_per_s": round(rate, 1),
             "sources": {k: int(v) for k, v in sources.value_counts().items()}}

@@ -1,12 +1,10 @@
 """Turn extracted events into (user, item, weight) pairs and a seeded held-out split.
 
-Writes ``pairs/dt=<date>/{full,train,test,rank_train,rank_labels}.parquet``. ``full``
-trains the published models; ``train``/``test`` are the evaluation split (the Microsoft
-Recommenders protocol: stratified by item, seeded), so the gate and ``recs evaluate``
-measure the same thing; ``rank_train``/``rank_labels`` split ``train`` once more for the
-learned ranker: its generators are fitted on ``rank_train`` and it learns to predict
-``rank_labels`` (by default the newest pairs: the ranker learns from the past what comes
-next), so the gate scores it on ``test`` pairs it never saw.
+Writes ``pairs/dt=<date>/{full,train,test}.parquet``. ``full`` trains the published
+models; ``train``/``test`` are the evaluation split (the Microsoft Recommenders protocol:
+stratified by item, seeded), so the gate and ``recs evaluate`` measure the same thing.
+The learned ranker is cross-fitted on the test users' candidates (jobs/funnel.py), each
+user scored by a ranker that never saw that user's test pairs.
 """
 
 from __future__ import annotations
@@ -35,23 +33,19 @@ def split_pairs(pairs: pd.DataFrame, how: str, holdout: float, seed: int):
 
 
 def run(day: dt.date, events_path: str, *, holdout: float, seed: int, split: str = "stratified",
-        rank_holdout: float = 0.2, rank_split: str = "time",
         lake_root: Path | None = None) -> dict:
     events = pd.read_parquet(events_path)
     if events.empty:
         raise ValueError(f"{events_path}: no events in the window; nothing to train on")
     pairs = aggregate_pairs(events)
     train, test = split_pairs(pairs, split, holdout, seed)
-    rank_train, rank_labels = split_pairs(train, rank_split, rank_holdout, seed + 1)
     out = lake.partition("pairs", day, lake_root)
     with lake.atomic_dir(out) as tmp:
         pairs.to_parquet(tmp / "full.parquet", index=False)
         train.to_parquet(tmp / "train.parquet", index=False)
         test.to_parquet(tmp / "test.parquet", index=False)
-        rank_train.to_parquet(tmp / "rank_train.parquet", index=False)
-        rank_labels.to_parquet(tmp / "rank_labels.parquet", index=False)
     return {**{name: str(out / f"{name}.parquet")
-               for name in ("full", "train", "test", "rank_train", "rank_labels")},
+               for name in ("full", "train", "test")},
             "n_pairs": len(pairs),
             "n_users": int(pairs["user_id"].nunique()),
             "n_items": int(pairs["item_id"].nunique())}

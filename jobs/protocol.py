@@ -4,8 +4,8 @@ On a MovieLens folder: every rating becomes an event, events become (user, item,
 pairs exactly as in the DAG's prepare step, the pairs are split (Microsoft Recommenders'
 stratified split, 75/25, seed 42 by default, or a global time split), every model of the
 funnel is trained on the training part with the configured parameters, and popularity,
-each generator, the ranker and the full pipeline are scored on the same split by the
-function the DAG's gate uses (jobs.funnel.evaluate_table).
+each generator, the ranker, the full pipeline and the published choice are scored on the
+same split by the function the DAG's gate uses (jobs.funnel.gate_table).
 """
 
 from __future__ import annotations
@@ -34,80 +34,93 @@ def read_events(path: Path) -> pd.DataFrame:
     return events[["user_id", "item_id", "event_type", "rating", "timestamp"]]
 
 
-def run(path: Path, *, split: str, settings: Settings, spark=None, folds: int = 1,
+def run(path: Path, *, split: str, settings: Settings, spark=None,
         generators: bool = True) -> dict:
-    """The benchmark table: popularity, each generator, ALS, two-tower, the ranker and the
-    full pipeline on one split of ``path``.
-
-    The ranker learns as the daily DAG's does: its generators are fitted on a part of the
-    training pairs and it predicts the rest (``settings.ranker_split``: 'time' holds out
-    the newest pairs, 'stratified' a random share per item as the protocol does); with
-    ``folds`` > 1 it pools that many such splits (seeds seed+1, seed+2, ...). The rows
-    are then scored with every model refitted on the whole training part.
-    """
-    from jobs import funnel
+    """The benchmark table on one split of ``path``, computed as the daily DAG's gate
+    computes it (jobs.funnel.gate_table, with the same settings): every model fitted on
+    the training part, the ranker cross-fitted on the test users, then popularity, each
+    generator, the ranker, the full pipeline and the gate's published choice scored on
+    the same users. ``generators`` is kept for callers; every generator is always
+    scored, since the gate chooses among them."""
     from jobs.train_two_tower import catalog, protocol_data, text_matrix
 
+    del generators
     t0 = time.perf_counter()
     pairs, train, test, items = protocol_data(path, settings.holdout_fraction, settings.seed)
     if split != "stratified":
         train, test = split_pairs(pairs, split, settings.holdout_fraction, settings.seed)
-    items = catalog(items, pairs)
-    text = (items["item_id"].to_numpy(), text_matrix(items)) if settings.two_tower_text \
-        else None
+    return run_pairs(pairs, train, test, catalog(items, pairs), settings=settings,
+                     spark=spark, dataset=str(path), split=split, t0=t0,
+                     text=text_matrix if settings.two_tower_text else None)
+
+
+def run_pairs(pairs: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame,
+              items: pd.DataFrame, *, settings: Settings, dataset: str, split: str,
+              spark=None, t0: float | None = None, text=None) -> dict:
+    """:func:`run` on given pairs and split (``text``: a function of the items giving
+    their MiniLM vectors, or None for no text)."""
+    from jobs import funnel
+
+    t0 = time.perf_counter() if t0 is None else t0
+    vectors = (items["item_id"].to_numpy(), text(items)) if text else None
     cfg = settings.funnel_config()
     own = spark is None
     spark = spark or spark_session(settings.spark_master, app="recs-evaluate",
                                    driver_memory=settings.spark_driver_memory)
     timings = {}
     try:
-        sets = []
-        for f in range(folds):
-            part, labels = split_pairs(train, settings.ranker_split, settings.ranker_holdout,
-                                       settings.seed + 1 + f)
-            t = time.perf_counter()
-            art = funnel.fit_artifacts(part, items, spark=spark, settings=settings, text=text)
-            sets.append((funnel.build_signals(part, items, art, as_of=part["timestamp"].max(),
-                                              config=cfg), labels))
-            timings[f"fold_{f + 1}_fit_seconds"] = round(time.perf_counter() - t, 1)
-        ranker, info = funnel.fit_ranker(sets, cfg)
-        del sets
         t = time.perf_counter()
-        art = funnel.fit_artifacts(train, items, spark=spark, settings=settings, text=text)
-        timings["final_fit_seconds"] = round(time.perf_counter() - t, 1)
+        art = funnel.fit_artifacts(train, items, spark=spark, settings=settings, text=vectors)
+        timings["fit_seconds"] = round(time.perf_counter() - t, 1)
     finally:
         if own:
             spark.stop()
     sig = funnel.build_signals(train, items, art, as_of=train["timestamp"].max(), config=cfg)
     t = time.perf_counter()
-    results = funnel.evaluate_table(sig, ranker, cfg, train, test,
-                                    n_catalog=int(pairs["item_id"].nunique()),
-                                    titles=items.set_index("item_id")["title"],
-                                    generators=generators)
-    timings["scoring_seconds"] = round(time.perf_counter() - t, 1)
-    return {"dataset": str(path), "split": split, "n_pairs": len(pairs),
+    results, _, info = funnel.gate_table(sig, cfg, train, test,
+                                         n_catalog=int(pairs["item_id"].nunique()),
+                                         titles=items.set_index("item_id")["title"],
+                                         folds=settings.ranker_folds,
+                                         max_users=settings.gate_max_users)
+    timings["gate_seconds"] = round(time.perf_counter() - t, 1)
+    return {"dataset": dataset, "split": split, "n_pairs": len(pairs),
             "n_train": len(train), "n_test": len(test),
             "params": {"als": {"rank": settings.als_rank, "reg": settings.als_reg,
                                "alpha": settings.als_alpha, "iters": settings.als_iters},
-                       "ranker_split": settings.ranker_split,
-                       "ranker_holdout": settings.ranker_holdout, "folds": folds,
-                       "seed": settings.seed},
+                       "ranker_folds": settings.ranker_folds,
+                       "gate_max_users": settings.gate_max_users, "seed": settings.seed,
+                       "changed": changed_settings(settings)},
             "ranker": info, "results": results, "timings": timings,
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def changed_settings(settings: Settings) -> dict:
+    """The model parameters that differ from the shipped defaults (printed in the
+    report: a figure obtained with any of them is not the default's)."""
+    default = Settings().model_params()
+    return {k: v for k, v in settings.model_params().items() if default.get(k) != v}
 
 
 def report_table(table: dict) -> dict:
     """The table in jobs/report.py's layout."""
     name = Path(table["dataset"]).name
+    res = table["results"]
+    rows = {model: {k: float(v) for k, v in m.items()} for model, m in res.items()
+            if model not in ("reranked", "published_model")}
+    pick = res["published_model"]
+    rows["published"] = dict(res["reranked"].get(pick["name"]) or res["full_pipeline"])
+    changed = table["params"].get("changed") or {}
     return {"title": f"{name}, {table['split']} split: top-10 on the same test users",
-            "columns": [c for c in COLUMNS if all(c in m for m in table["results"].values())],
-            "rows": {model: {k: float(v) for k, v in m.items()}
-                     for model, m in table["results"].items()},
+            "columns": [c for c in COLUMNS if all(c in m for m in rows.values())],
+            "rows": rows,
             "notes": [f"{table['n_train']} training / {table['n_test']} test pairs; "
-                      f"ranker trained on {table['params']['folds']} "
-                      f"{table['params']['ranker_split']} split(s) of the training part",
+                      f"ranker cross-fitted over {table['params']['ranker_folds']} folds of "
+                      f"the test users (each scored out of fold), as the daily gate does",
+                      f"published: {pick['name']} ({pick['reason']})",
                       f"ranker candidates: {table['ranker']['candidates_per_user']} per user, "
                       f"recall {table['ranker']['candidate_recall']}",
+                      "settings: the shipped defaults" if not changed else
+                      f"settings changed from the defaults: {changed}",
                       f"total {table['seconds']} s"]}
 
 

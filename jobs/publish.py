@@ -159,8 +159,11 @@ def run(version: str, *, lists: dict, trending_path: str, popularity_path: str,
             cur.execute("UPDATE serving_state SET live_version = %s, previous_version = %s, "
                         "switched_at = now()", (version, new_previous))
             cur.execute("UPDATE model_runs SET status = 'published', published_at = now(), "
-                        "metrics = metrics || %s WHERE model_version = %s",
-                        (json.dumps({"publish": checks}), version))
+                        "metrics = metrics || %s, artifacts = artifacts || %s "
+                        "WHERE model_version = %s",
+                        (json.dumps({"publish": checks}),
+                         json.dumps({k: lists[k] for k in ("recommendations", "similar")
+                                     if k in lists}), version))
             # Popularity as of this version, for analysts and the catalog.
             popularity = pd.read_parquet(popularity_path)
             cur.execute("CREATE TEMP TABLE pop_stage (item_id BIGINT, popularity FLOAT8) "

@@ -5,15 +5,17 @@ such nets, trained with consecutive seeds, average their scores (steadier than o
 is trained listwise: per user, a softmax over the user's candidates, with the candidates
 the user interacted with in the label period as the targets (cross-entropy averaged over
 each user's positives). Inputs are standardised with the training means and deviations, which
-are saved with the weights. Seeded; trains on one thread by default, so a run is
-repeatable and does not fight other jobs for the cores.
+are saved with the weights. With validation candidates (users the nets do not train on),
+each net keeps the weights of its epoch with the best validation NDCG@10 and stops after
+``patience`` epochs without a gain (early stopping). Seeded; trains on one thread by
+default, so a run is repeatable and does not fight other jobs for the cores.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +32,13 @@ class RankerConfig:
     seed: int = 42
     threads: int = 1
     ensemble: int = 3  # nets trained with seeds seed, seed+1, ...; their scores averaged
+    patience: int = 5  # epochs without a validation gain before a net stops
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_users < 1 or self.lr <= 0 or self.ensemble < 1:
-            raise ValueError("epochs, batch_users and ensemble must be >= 1 and lr > 0")
+        if (self.epochs < 1 or self.batch_users < 1 or self.lr <= 0 or self.ensemble < 1
+                or self.patience < 1):
+            raise ValueError("epochs, batch_users, ensemble and patience must be >= 1 and "
+                             "lr > 0")
         if not all(h >= 1 for h in self.hidden):
             raise ValueError(f"hidden sizes must be >= 1, got {self.hidden}")
 
@@ -96,6 +101,21 @@ class Ranker:
         (path / "ranker.json").write_text(json.dumps(meta, indent=1))
 
     @classmethod
+    def combine(cls, rankers: list[Ranker]) -> Ranker:
+        """One ranker averaging the nets of ``rankers`` (trained with the same inputs'
+        standardisation, e.g. the folds of a cross-fit)."""
+        first = rankers[0]
+        for r in rankers[1:]:
+            if r.names != first.names or not (np.array_equal(r.mean, first.mean)
+                                              and np.array_equal(r.std, first.std)):
+                raise ValueError("rankers to combine must share features and scaling")
+        cfg = replace(first.config, ensemble=sum(len(r.nets) for r in rankers))
+        states = [net.state_dict() for r in rankers for net in r.nets]
+        out = cls(cfg, first.names, first.mean, first.std, states)
+        out.log = [dict(e, fold=f + 1) for f, r in enumerate(rankers) for e in r.log]
+        return out
+
+    @classmethod
     def load(cls, path: Path | str) -> Ranker:
         import torch
 
@@ -108,10 +128,41 @@ class Ranker:
         return r
 
 
+def scaling(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) per feature column, std 1 where a column is constant."""
+    mean = x.mean(0)
+    std = x.std(0)
+    std[std == 0] = 1.0
+    return mean, std
+
+
+def ndcg_at(scores: np.ndarray, user: np.ndarray, label: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k over the users of ``user`` (sorted) that have a positive: each user's
+    candidates ordered by ``scores`` (ties: candidate order), gain 1 per positive."""
+    starts = np.searchsorted(user, np.unique(user))
+    ends = np.append(starts[1:], len(user))
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    total, n = 0.0, 0
+    for a, b in zip(starts, ends, strict=True):
+        y = label[a:b]
+        pos = int(y.sum())
+        if not pos:
+            continue
+        top = np.argsort(-scores[a:b], kind="stable")[:k]
+        total += float((y[top] * discount[:len(top)]).sum()) / discount[:min(pos, k)].sum()
+        n += 1
+    return total / max(n, 1)
+
+
 def train(x: np.ndarray, user: np.ndarray, label: np.ndarray, names: list[str],
-          config: RankerConfig = RankerConfig(), log=None) -> Ranker:
+          config: RankerConfig = RankerConfig(), log=None,
+          val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+          scale: tuple[np.ndarray, np.ndarray] | None = None) -> Ranker:
     """Fit on candidates ``x`` (m, f) of users ``user`` (m,, sorted) with 0/1 ``label``.
 
+    ``val``: (x, user, label) of other users; each net then keeps its epoch with the best
+    NDCG@10 on them and stops after ``config.patience`` epochs without a gain.
+    ``scale``: (mean, std) to standardise with (default: those of ``x``).
     Users without a positive candidate teach nothing listwise and are left out.
     """
     import torch
@@ -123,14 +174,14 @@ def train(x: np.ndarray, user: np.ndarray, label: np.ndarray, names: list[str],
     groups = [(a, b) for a, b in zip(starts, ends, strict=True) if label[a:b].any()]
     if not groups:
         raise ValueError("no user has a positive candidate: nothing to train the ranker on")
-    mean = x.mean(0)
-    std = x.std(0)
-    std[std == 0] = 1.0
+    mean, std = scale if scale is not None else scaling(x)
     model = Ranker(config, names, mean, std)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
         xs = torch.from_numpy(((x - model.mean) / model.std).astype("float32"))
+        xv = None if val is None else \
+            torch.from_numpy(((val[0] - model.mean) / model.std).astype("float32"))
         width = max(b - a for a, b in groups)
         for m, net in enumerate(model.nets):
             seed = config.seed + m
@@ -139,6 +190,7 @@ def train(x: np.ndarray, user: np.ndarray, label: np.ndarray, names: list[str],
             net.train()
             opt = torch.optim.Adam(net.parameters(), lr=config.lr,
                                    weight_decay=config.weight_decay)
+            best, best_state, best_epoch = -1.0, None, 0
             for epoch in range(config.epochs):
                 t0 = time.perf_counter()
                 total, n = 0.0, 0
@@ -163,9 +215,24 @@ def train(x: np.ndarray, user: np.ndarray, label: np.ndarray, names: list[str],
                 info = {"net": m + 1, "epoch": epoch + 1,
                         "loss": round(total / max(n, 1), 5),
                         "seconds": round(time.perf_counter() - t0, 3)}
+                if xv is not None:
+                    net.eval()
+                    with torch.no_grad():
+                        sv = net(xv).squeeze(1).numpy()
+                    net.train()
+                    info["val_ndcg@10"] = round(ndcg_at(sv, val[1], val[2]), 5)
+                    if info["val_ndcg@10"] > best:
+                        best, best_epoch = info["val_ndcg@10"], epoch + 1
+                        best_state = {k: v.clone() for k, v in net.state_dict().items()}
                 model.log.append(info)
                 if log is not None:
                     log(info)
+                if xv is not None and epoch + 1 - best_epoch >= config.patience:
+                    break
+            if best_state is not None:
+                net.load_state_dict(best_state)
+                model.log.append({"net": m + 1, "best_epoch": best_epoch,
+                                  "val_ndcg@10": best})
             net.eval()
     finally:
         torch.set_num_threads(prev_threads)

@@ -14,20 +14,21 @@ from tests.dagparse import parse
 pytestmark = pytest.mark.airflow
 
 EXPECTED_EDGES = {
-    "extract": {"prepare", "item_stats", "text_embeddings", "train_two_tower", "train_ranker",
-                "precompute", "evaluate"},
-    "prepare": {"train_als", "covisit", "build_index", "train_two_tower", "train_ranker",
-                "precompute", "evaluate", "publish"},
-    "train_als": {"build_index", "train_ranker"},
-    "covisit": {"train_ranker"},
-    "text_embeddings": {"train_two_tower", "train_ranker", "precompute", "evaluate"},
-    "train_two_tower": {"train_ranker", "precompute", "evaluate"},
-    "train_ranker": {"precompute", "evaluate"},
+    "extract": {"prepare", "item_stats", "text_embeddings", "train_two_tower", "evaluate",
+                "precompute"},
+    "prepare": {"train_als", "covisit", "build_index", "train_two_tower", "evaluate",
+                "precompute", "publish"},
+    "train_als": {"build_index", "evaluate"},
+    "covisit": {"evaluate"},
+    "text_embeddings": {"train_two_tower", "evaluate", "precompute"},
+    "train_two_tower": {"evaluate", "precompute"},
     "item_stats": {"evaluate", "publish"},
-    "build_index": {"precompute", "evaluate"},
-    "precompute": {"evaluate", "publish"},
-    "evaluate": {"gate", "publish"},
-    "gate": {"publish"},
+    "build_index": {"evaluate", "precompute"},
+    # The gate's choice (evaluate) decides what precompute builds; nothing is built for a
+    # rejected version (gate short-circuits precompute and publish).
+    "evaluate": {"gate", "precompute", "publish"},
+    "gate": {"precompute"},
+    "precompute": {"publish"},
     "publish": set(),
 }
 

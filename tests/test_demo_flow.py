@@ -95,9 +95,17 @@ def test_pipeline_published_through_airflow_and_recorded(demo):
                                "WHERE model_version = %s", (live,))[0]
     assert status == "published"
     assert metrics["als"]["ndcg@10"] > metrics["popularity"]["ndcg@10"]
-    # The gate judged the published lists (the full funnel), not one model.
-    assert metrics["full_pipeline"]["ndcg@10"] > metrics["popularity"]["ndcg@10"]
-    assert {"ranker", "two_tower", "ease", "covisit"} <= set(metrics)
+    # The gate judged the published lists: its choice is the best of the full pipeline
+    # and the re-ranked generators, and beats popularity.
+    assert {"ranker", "two_tower", "ease", "covisit", "full_pipeline"} <= set(metrics)
+    choice = metrics["published_model"]
+    options = {"full_pipeline": metrics["full_pipeline"]["ndcg@10"],
+               **{g: m["ndcg@10"] for g, m in metrics["reranked"].items()}}
+    assert choice["ndcg@10"] == max(options.values()) == options[choice["name"]]
+    assert choice["ndcg@10"] > metrics["popularity"]["ndcg@10"]
+    (picked,) = demo.sql("SELECT model FROM model_run_figures WHERE model_version = %s "
+                         "AND is_published_choice", (live,))[0]
+    assert picked == choice["name"]
     # The ranker's features, parameters and training figures are on record.
     training = metrics["ranker_training"]
     assert training["features"] == feature_names()
@@ -193,8 +201,10 @@ def test_analyst_queries_in_the_docs_run(demo):
 
 def test_gate_keeps_a_version_that_does_not_beat_popularity_off_the_air(demo):
     (live,) = demo.sql("SELECT live_version FROM serving_state")[0]
-    r = demo.recs("pipeline", "--inline", env={"RECS_GATE_MARGIN": "0.99"})
-    assert "rejected" in r.stdout, r.stdout
+    r = demo.recs("pipeline", "--inline", env={"RECS_GATE_MARGIN": "0.99"}, check=False)
+    # Nothing published: the command says so and why, and exits with status 3.
+    assert r.returncode == 3, (r.returncode, r.stdout, r.stderr)
+    assert "rejected" in r.stdout and "nothing was published" in r.stdout, r.stdout
     rejected = demo.sql("SELECT model_version FROM model_runs WHERE status = 'rejected'")
     assert len(rejected) == 1 and rejected[0][0] != live
     assert demo.sql("SELECT live_version FROM serving_state")[0][0] == live

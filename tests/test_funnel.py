@@ -422,6 +422,81 @@ def test_ranker_rejects_bad_input():
         rk.RankerConfig(epochs=0)
 
 
+def test_ndcg_at_matches_hand_values():
+    # User 0: positives at positions 1 and 3 of the order; user 1: no positive (skipped).
+    scores = np.array([0.9, 0.8, 0.7, 0.1, 0.5], "float32")
+    user = np.array([0, 0, 0, 1, 1])
+    label = np.array([True, False, True, False, False])
+    want = (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
+    assert rk.ndcg_at(scores, user, label, k=10) == pytest.approx(want)
+    assert rk.ndcg_at(scores, user, label, k=1) == pytest.approx(1.0)
+
+
+def test_early_stopping_keeps_the_best_validation_epoch():
+    x, user, label, names = planted(80, seed=11)
+    xv, uv, lv, _ = planted(40, seed=12)
+    cfg = rk.RankerConfig(hidden=(16,), epochs=12, lr=3e-2, batch_users=16, seed=5,
+                          ensemble=1, patience=3)
+    model = rk.train(x, user, label, names, cfg, val=(xv, uv, lv))
+    epochs = [e for e in model.log if "epoch" in e]
+    (best,) = [e for e in model.log if "best_epoch" in e]
+    assert best["val_ndcg@10"] == max(e["val_ndcg@10"] for e in epochs)
+    assert epochs[best["best_epoch"] - 1]["val_ndcg@10"] == best["val_ndcg@10"]
+    # The net kept is the best epoch's: its validation NDCG is the recorded best.
+    assert rk.ndcg_at(model.score(xv), uv, lv) == pytest.approx(best["val_ndcg@10"],
+                                                                abs=1e-5)
+    # Stopped within ``patience`` epochs of the best one.
+    assert len(epochs) <= best["best_epoch"] + cfg.patience
+
+
+def _pool(x: np.ndarray, user: np.ndarray) -> fn.Pool:
+    n = len(np.unique(user))
+    cand = cg.Candidates(user, np.arange(len(user)), np.zeros((len(user), len(cg.SOURCES))),
+                         np.zeros((len(user), len(cg.SOURCES))))
+    return fn.Pool(np.arange(n), cand, x)
+
+
+def test_crossfit_scores_each_user_with_a_ranker_that_never_saw_it(monkeypatch):
+    x, user, label, _ = planted(60, seed=13, f=len(cg.feature_names()))
+    cfg = fn.FunnelConfig(ranker=rk.RankerConfig(hidden=(8,), epochs=4, lr=1e-2,
+                                                 batch_users=16, seed=3, ensemble=2))
+    ranker, oof, info = fn.crossfit_ranker(_pool(x, user), label, cfg, folds=3)
+    assert len(ranker.nets) == 6 and info["folds"] == 3
+    assert sum(f["scored_users"] for f in info["fold_training"]) == 60
+    # Flip one user's labels: the rankers of the other folds change, the one that scores
+    # that user does not, so the user's out-of-fold scores stay exactly the same.
+    flipped = label.copy()
+    seg = user == 17
+    flipped[seg] = ~label[seg]
+    _, oof2, _ = fn.crossfit_ranker(_pool(x, user), flipped, cfg, folds=3)
+    np.testing.assert_array_equal(oof[seg], oof2[seg])
+    assert not np.array_equal(oof[~seg], oof2[~seg])
+    # The out-of-fold scores still find the planted signal (8 positives of 40: a random
+    # order scores about 0.2).
+    chance = rk.ndcg_at(np.random.default_rng(0).random(len(x)), user, label)
+    assert rk.ndcg_at(oof, user, label) > max(0.45, 2 * chance)
+    with pytest.raises(ValueError, match="at least 2"):
+        fn.crossfit_ranker(_pool(x, user), label, cfg, folds=1)
+
+
+def _m(ndcg: float) -> dict[str, float]:
+    return {"ndcg@10": ndcg, "precision@10": ndcg / 2}
+
+
+def test_choose_publishes_the_best_of_the_pipeline_and_the_reranked_generators():
+    metrics = {"popularity": _m(0.1), "als": _m(0.5), "ranker": _m(0.05),
+               "full_pipeline": _m(0.07), "reranked": {"als": _m(0.3), "ease": _m(0.31)}}
+    pick = fn.choose(metrics)
+    assert pick["name"] == "ease" and pick["ndcg@10"] == 0.31
+    assert pick["precision@10"] == 0.155 and "full pipeline" in pick["reason"]
+    assert pick["options"] == {"full_pipeline": 0.07, "als": 0.3, "ease": 0.31}
+    # A tie goes to the full pipeline; the generators' raw rows are never published.
+    metrics["full_pipeline"] = _m(0.31)
+    assert fn.choose(metrics)["name"] == "full_pipeline"
+    with pytest.raises(ValueError, match="nothing to choose"):
+        fn.choose({"popularity": _m(0.1), "reranked": {}})
+
+
 # --- Final lists and their reasons -------------------------------------------------------
 
 

@@ -68,10 +68,9 @@ def build_live_version(dsn: str, *, users: int = 120, items: int = 80,
     tt = daily.train_two_tower(DAY, pairs, ex, text)
     stats = daily.item_stats(DAY, ex)
     index = daily.build_index(DAY, pairs)
-    ranker = daily.train_ranker(DAY, pairs, ex, text, tt)
-    lists = daily.precompute(DAY, pairs, ex, index, text, tt, ranker)
-    result = daily.evaluate(DAY, pairs, ex, index, lists, stats, text, tt, ranker)
+    result = daily.evaluate(DAY, pairs, ex, index, stats, text, tt)
     assert result["passed"], result
+    lists = daily.precompute(DAY, pairs, ex, index, text, tt, result)
     daily.publish(result, pairs, lists, stats)
     return {"version": result["version"], "pairs": pairs, "index": index}
 
