@@ -185,7 +185,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "covisit_window": (1, 1000),
     "covisit_top": (1, 10_000),
     "covisit_min_count": (1, 10**6),
-    "ease_lambda": (0.0, 1e9),
+    "ease_lambda": (0.001, 1e9),
     "ease_max_items": (0, 100_000),
     "ranker_epochs": (1, 1000),
     "ranker_folds": (2, 20),

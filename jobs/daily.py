@@ -141,28 +141,49 @@ def train_two_tower(day: dt.date, pairs: dict, extracted: dict, text: dict) -> d
     return {"dir": str(lake.partition("two_tower", day)), "fits": out}
 
 
-def _signals(day: dt.date, fit: str, pairs: dict, extracted: dict, text: dict,
-             two_tower: dict):
-    """The funnel's signals from one fit's artefacts (``fit``: full, eval or rank)."""
+def fit_artifacts(fit: str, als_dir: str, two_tower_dir: str, covisit_dir: str,
+                  text_store: str):
+    """One fit's trained artefacts (``fit``: full or eval) as the funnel reads them."""
     import pandas as pd
 
     from jobs import funnel
     from jobs.train_als import load_factors
 
+    store = pd.read_parquet(text_store)
+    return funnel.Artifacts(
+        als=load_factors(Path(als_dir) / fit),
+        two_tower=load_factors(Path(two_tower_dir) / fit),
+        covisit=pd.read_parquet(Path(covisit_dir) / fit / "covisit.parquet"),
+        text_ids=store["item_id"].to_numpy(),
+        text=np.stack(store["vector"].to_numpy()) if len(store) else None)
+
+
+def user_context(users_path: str | None):
+    """(onboarding preferences, countries) of the users snapshot."""
+    import pandas as pd
+
+    from jobs import funnel
+
+    prefs = funnel.read_preferences(users_path)
+    countries = None
+    if users_path:
+        countries = pd.read_parquet(users_path).set_index("user_id")["country"]
+    return prefs, countries
+
+
+def _signals(day: dt.date, fit: str, pairs: dict, extracted: dict, text: dict,
+             two_tower: dict):
+    """The funnel's signals from one fit's artefacts (``fit``: full or eval)."""
+    import pandas as pd
+
+    from jobs import funnel
+
     s = settings_mod.get()
     train = pd.read_parquet(pairs[FITS[fit]])
     items = pd.read_parquet(extracted["items"])
-    store = pd.read_parquet(text["store"])
-    art = funnel.Artifacts(
-        als=load_factors(Path(pairs["als_dir"]) / fit),
-        two_tower=load_factors(Path(two_tower["dir"]) / fit),
-        covisit=pd.read_parquet(Path(pairs["covisit_dir"]) / fit / "covisit.parquet"),
-        text_ids=store["item_id"].to_numpy(),
-        text=np.stack(store["vector"].to_numpy()) if len(store) else None)
-    prefs = funnel.read_preferences(extracted.get("users"))
-    countries = None
-    if extracted.get("users"):
-        countries = pd.read_parquet(extracted["users"]).set_index("user_id")["country"]
+    art = fit_artifacts(fit, pairs["als_dir"], two_tower["dir"], pairs["covisit_dir"],
+                        text["store"])
+    prefs, countries = user_context(extracted.get("users"))
     as_of = pd.Timestamp(extracted["data_end"])
     return funnel.build_signals(train, items, art, as_of=as_of, config=s.funnel_config(),
                                 preferences=prefs, countries=countries), train, items
@@ -213,7 +234,8 @@ def evaluate(day: dt.date, pairs: dict, extracted: dict, index: dict, stats: dic
     artifacts = {"events": extracted["events"], "pairs": pairs["full"],
                  "als": pairs["als_dir"], "covisit": pairs["covisit_dir"],
                  "two_tower": two_tower["dir"], "ranker": str(ranker_dir),
-                 "text": text["store"], "index": index["dir"], "item_stats": stats["lists"]}
+                 "text": text["store"], "index": index["dir"], "item_stats": stats["lists"],
+                 "items": extracted["items"], "users": extracted.get("users")}
     result = job.run(day, version=version, metrics=metrics, pairs=pairs,
                      extract=extracted, index_meta=index["meta"], artifacts=artifacts,
                      params=s.model_params(), digest=s.digest(), margin=s.gate_margin)

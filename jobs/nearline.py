@@ -3,9 +3,12 @@
 Every few minutes (dags/nearline.py) :func:`run` finds the users whose events arrived
 since the ``nearline`` watermark, folds their user vectors in against the live version's
 fixed ALS item factors (the per-user least-squares solve of Spark's implicit ALS,
-``models/als.py``), re-scores candidates through the version's inner-product index with
-consumed items excluded, and replaces those users' rows in the live version's partition
-of ``recommendations``. The rows, the users' vectors (``embeddings``) and the watermark
+``models/als.py``) and rebuilds their lists with the daily funnel's own code
+(:func:`funnel_lists`): the version's item-side signals and trained artefacts, the
+users' current histories (the new events included) and folded-in ALS vectors, the
+version's ranker or the generator the gate chose, the same re-ranking, rules and
+reasons. The rows replace those users' rows in the live version's partition of
+``recommendations``. The rows, the users' vectors (``embeddings``) and the watermark
 are written in one transaction: a failed run leaves the old lists and the old watermark,
 and the next run reads the same events again.
 
@@ -59,6 +62,7 @@ class LiveVersion:
     logical_date: dt.date
     params: dict[str, Any]
     artifacts: dict[str, Any]
+    model: str | None = None  # the gate's published choice (full_pipeline or a generator)
 
     @property
     def data_end(self) -> dt.datetime:
@@ -74,6 +78,13 @@ class LiveVersion:
     def index_dir(self) -> Path:
         return Path(self.artifacts["index"])
 
+    @property
+    def has_funnel(self) -> bool:
+        """Whether the version records what its funnel needs (versions published before
+        the gate chose are refreshed with ALS alone)."""
+        need = ("pairs", "items", "two_tower", "covisit", "text", "ranker")
+        return self.model is not None and all(self.artifacts.get(k) for k in need)
+
     def param(self, name: str, default: Any) -> Any:
         return self.params.get(name, default)
 
@@ -84,10 +95,11 @@ def live_version(cur) -> LiveVersion | None:
     row = cur.fetchone()
     if row is None or row[0] is None:
         return None
-    cur.execute("SELECT logical_date, params, artifacts FROM model_runs "
+    cur.execute("SELECT logical_date, params, artifacts, "
+                "metrics->'published_model'->>'name' FROM model_runs "
                 "WHERE model_version = %s", (row[0],))
-    logical_date, params, artifacts = cur.fetchone()
-    return LiveVersion(row[0], logical_date, params or {}, artifacts or {})
+    logical_date, params, artifacts, model = cur.fetchone()
+    return LiveVersion(row[0], logical_date, params or {}, artifacts or {}, model)
 
 
 def safe_until(cur, until: dt.datetime | None) -> dt.datetime:
@@ -261,6 +273,55 @@ def keep_new_slots(lists: pd.DataFrame, old: dict[int, tuple], consumed: dict[in
                                       "reason_item_ids", "history_tail"])
 
 
+def funnel_lists(live: LiveVersion, pairs: pd.DataFrame, user_ids: np.ndarray,
+                 vectors: np.ndarray, as_of: dt.datetime, top_k: int,
+                 timings: dict | None = None) -> pd.DataFrame:
+    """Lists of ``user_ids`` through the daily funnel of the live version.
+
+    The item side (catalog, popularity, trending, EASE and item-kNN, co-visitation, text,
+    two-tower item vectors) comes from the version's ``full`` fit and its training pairs,
+    with each changed user's pairs replaced by ``pairs`` (all their events now); the users'
+    ALS vectors are the folded-in ``vectors``, their two-tower vectors the version's (a
+    user new since then has none: that generator then proposes nothing for them).
+    """
+    from core import settings as settings_mod
+    from jobs import daily, funnel
+    from jobs.precompute import load_rules
+    from jobs.train_als import Factors
+    from models.candidates import SOURCES
+    from models.ranker import Ranker
+
+    t0 = time.perf_counter()
+    s = settings_mod.get()
+    config = s.funnel_config()
+    full = pd.read_parquet(live.artifacts["pairs"])
+    full = pd.concat([full[~full["user_id"].isin(user_ids)],
+                      pairs[pairs["user_id"].isin(user_ids)]], ignore_index=True)
+    items = pd.read_parquet(live.artifacts["items"])
+    art = daily.fit_artifacts("full", live.artifacts["als"], live.artifacts["two_tower"],
+                              live.artifacts["covisit"], live.artifacts["text"])
+    art.als = Factors(user_ids, vectors, art.als.item_ids, art.als.item_factors)
+    prefs, countries = daily.user_context(live.artifacts.get("users"))
+    sig = funnel.build_signals(full, items, art, as_of=pd.Timestamp(as_of), config=config,
+                               users=np.asarray(user_ids), preferences=prefs,
+                               countries=countries)
+    t1 = time.perf_counter()
+    rows = np.arange(sig.n_users)
+    if live.model == "full_pipeline":
+        ranked = funnel.rank_users(sig, rows, config, Ranker.load(live.artifacts["ranker"]))
+    elif live.model in SOURCES:
+        ranked = funnel.rank_users(sig, rows, config, None, by=live.model,
+                                   keep=max(config.sizes.get(live.model), top_k))
+    else:
+        raise ValueError(f"{live.version}: unknown published model {live.model!r}")
+    lists = funnel.final_lists(sig, ranked, items.set_index("item_id")["title"], top_k,
+                               config=config.rerank, rules=load_rules(items))
+    if timings is not None:
+        timings["signals_seconds"] = round(t1 - t0, 3)
+        timings["lists_seconds"] = round(time.perf_counter() - t1, 3)
+    return lists.drop(columns=["sources"])
+
+
 def run(until: dt.datetime | None = None, *, dsn: str | None = None,
         lookback: dt.timedelta = LOOKBACK) -> dict:
     """One nearline pass up to ``until`` (the run's data interval end; None: now)."""
@@ -303,7 +364,15 @@ def run(until: dt.datetime | None = None, *, dsn: str | None = None,
                                             float(live.param("als_reg", 0.1)),
                                             float(live.param("als_alpha", 2.0)))
                 summary["users_without_known_items"] = int(len(users) - len(user_ids))
-                if len(user_ids):
+                if len(user_ids) and live.has_funnel:
+                    t_lists = time.perf_counter()
+                    lists = funnel_lists(live, pairs, user_ids, vectors, hi,
+                                         int(live.param("top_k", 100)), timings=summary)
+                    summary["path"] = f"funnel ({live.model})"
+                    summary["seconds_per_user"] = round(
+                        (time.perf_counter() - t_lists) / len(user_ids), 4)
+                elif len(user_ids):
+                    summary["path"] = "als (version without funnel artefacts)"
                     index = load_index(live.index_dir / "items_ip.faiss")
                     if index.ntotal != len(factors.item_ids):
                         raise RuntimeError(f"{live.index_dir}: index has {index.ntotal} "
@@ -315,6 +384,7 @@ def run(until: dt.datetime | None = None, *, dsn: str | None = None,
                                      factors.item_factors)
                     lists = personalized_lists(folded, index, pairs, titles,
                                                int(live.param("top_k", 100)))
+                if len(user_ids):
                     part = partition_of(cur, "recommendations", live.version)
                     cur.execute(f"SELECT user_id, items, scores, reasons, reason_item_ids "
                                 f"FROM {part} WHERE user_id = ANY(%s)",
