@@ -154,7 +154,6 @@ def test_first_run_sets_the_watermark_and_changes_nothing(live):
 
 def test_new_events_fold_the_user_in_and_replace_the_list(live):
     from jobs import nearline
-    from jobs.build_index import load_index
     from jobs.train_als import load_factors
     from models.als import solve_users
     from models.confidence import aggregate_pairs
