@@ -1,13 +1,12 @@
 """Precompute throughput of the funnel against brute-force ALS top-100, in the same run.
 
 On a MovieLens folder (default ml-latest-small), set up once and not timed: the pairs and
-the stratified 75/25 split (seed 42) of ``recs evaluate``; one nested stratified split of
-the training part (``ranker_holdout``, seed 43, as jobs/protocol.py with folds=1); the
-artefacts (ALS, two-tower with text vectors, co-visitation) fitted on that split's
-earlier part in a local[2] Spark session, the signals built from it, and the ranker
-trained on those signals' users with the split's held-out pairs as labels. To save time
-the artefacts are not refitted on the whole training part (``--refit`` does that, as the
-protocol's final fit); the timed signals are the ones the ranker learned from.
+the stratified 75/25 split (seed 42) of ``recs evaluate``; the artefacts (ALS, two-tower
+with text vectors, co-visitation) fitted on the training part in a local[2] Spark
+session, the signals built from it, and the ranker cross-fitted on the test users'
+candidates as the daily gate does (``jobs.funnel.gate_table``). The timed signals are
+the ones the ranker learned from (``--refit`` refits the artefacts on all the pairs, as
+the daily ``full`` fit does).
 
 Timed, per repeat, on the same users (default: all):
 
@@ -56,19 +55,18 @@ CODE = ("jobs/funnel.py", "models/candidates.py", "models/ranker.py", "models/re
 def setup(path: Path, settings: settings_mod.Settings, *, refit: bool = False) -> dict:
     """Signals, ranker, titles and config for ``path`` (the untimed part)."""
     from jobs import funnel
-    from jobs.prepare import split_pairs
     from jobs.train_als import spark_session
     from jobs.train_two_tower import catalog, protocol_data, text_matrix
 
     timings = {}
     t = time.perf_counter()
-    pairs, train, _test, items = protocol_data(path, settings.holdout_fraction, settings.seed)
+    pairs, train, test, items = protocol_data(path, settings.holdout_fraction, settings.seed)
     items = catalog(items, pairs)
     text = (items["item_id"].to_numpy(), text_matrix(items)) if settings.two_tower_text \
         else None
     timings["data_seconds"] = round(time.perf_counter() - t, 1)
     cfg = settings.funnel_config()
-    part, labels = split_pairs(train, "stratified", settings.ranker_holdout, settings.seed + 1)
+    part, labels = train, test
     spark = spark_session("local[2]", app="recs-bench-precompute",
                           driver_memory=settings.spark_driver_memory)
     spark.sparkContext.setLogLevel("ERROR")
@@ -78,12 +76,15 @@ def setup(path: Path, settings: settings_mod.Settings, *, refit: bool = False) -
         sig = funnel.build_signals(part, items, art, as_of=part["timestamp"].max(), config=cfg)
         timings["fit_seconds"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
-        ranker, info = funnel.fit_ranker([(sig, labels)], cfg)
+        _, ranker, info = funnel.gate_table(
+            sig, cfg, part, labels, n_catalog=int(pairs["item_id"].nunique()),
+            titles=items.set_index("item_id")["title"], folds=settings.ranker_folds,
+            max_users=settings.gate_max_users)
         timings["ranker_seconds"] = round(time.perf_counter() - t, 1)
         if refit:
             t = time.perf_counter()
-            art = funnel.fit_artifacts(train, items, spark=spark, settings=settings, text=text)
-            sig = funnel.build_signals(train, items, art, as_of=train["timestamp"].max(),
+            art = funnel.fit_artifacts(pairs, items, spark=spark, settings=settings, text=text)
+            sig = funnel.build_signals(pairs, items, art, as_of=pairs["timestamp"].max(),
                                        config=cfg)
             timings["refit_seconds"] = round(time.perf_counter() - t, 1)
     finally:
