@@ -6,6 +6,7 @@ Every date comes from the run's data interval, never from the clock.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import sys
 from pathlib import Path
@@ -229,7 +230,10 @@ def evaluate(day: dt.date, pairs: dict, extracted: dict, index: dict, stats: dic
     ranker_dir = lake.partition("ranker", day)
     with lake.atomic_dir(ranker_dir) as tmp:
         ranker.save(tmp)
-    metrics["ranker_training"] = {**info, "features": ranker.names, "params": ranker.params()}
+    base = s.funnel_config().ranker  # each fold's chosen capacity: fold_training[].hidden
+    metrics["ranker_training"] = {**info, "features": ranker.names,
+                                  "params": {**dataclasses.asdict(base),
+                                             "hidden": list(base.hidden)}}
     metrics["two_tower_training"] = two_tower["fits"]["full"]
     artifacts = {"events": extracted["events"], "pairs": pairs["full"],
                  "als": pairs["als_dir"], "covisit": pairs["covisit_dir"],

@@ -249,18 +249,30 @@ def _subset(user: np.ndarray, keep_users: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.isin(user, keep_users))
 
 
+def _capacities(cfg: rk.RankerConfig, with_linear: bool) -> list[rk.RankerConfig]:
+    """The configured ranker and, to compare on validation users, a linear one."""
+    from dataclasses import replace
+
+    if not with_linear or cfg.hidden == ():
+        return [cfg]
+    return [cfg, replace(cfg, hidden=())]
+
+
 def crossfit_ranker(pool: Pool, y: np.ndarray, config: FunnelConfig, folds: int,
                     validation: float = 0.2,
                     log_epoch: Callable[[dict], None] | None = None
-                    ) -> tuple[rk.Ranker, np.ndarray, dict]:
+                    ) -> tuple[rk.RankerSet, np.ndarray, dict]:
     """Cross-fitted ranker over the users of ``pool`` (labels ``y``).
 
     Users are split into ``folds`` seeded folds; the ranker of fold f trains on the other
     folds' users (a ``validation`` share of them held out for early stopping) and scores
     fold f's users, so every user gets a score from a ranker that never saw that user's
-    labels (the out-of-fold scores, returned). The published ranker averages the fold
-    rankers' nets. All share one standardisation (the pool's feature means and
-    deviations: no label enters it).
+    labels (the out-of-fold scores, returned). In each fold two capacities are trained,
+    the configured MLP and a linear scorer (``hidden=()``), and the one with the higher
+    NDCG@10 on that fold's validation users is kept (a few users favour the linear one,
+    many the MLP; the choice never reads the fold's own scored users). The published
+    ranker averages the fold rankers' scores. All share one standardisation (the pool's
+    feature means and deviations: no label enters it).
     """
     if folds < 2:
         raise ValueError(f"folds={folds}: the cross-fit needs at least 2")
@@ -280,9 +292,16 @@ def crossfit_ranker(pool: Pool, y: np.ndarray, config: FunnelConfig, folds: int,
         n_val = int(round(validation * len(rest)))
         val_users, fit_users = np.sort(rest[:n_val]), np.sort(rest[n_val:])
         fit, val = _subset(user, fit_users), _subset(user, val_users)
-        model = rk.train(pool.x[fit], user[fit], y[fit], names, config.ranker, log=log_epoch,
-                         val=(pool.x[val], user[val], y[val]) if len(val) else None,
-                         scale=scale)
+        val_set = (pool.x[val], user[val], y[val]) if len(val) else None
+        tried = {}
+        for cfg in _capacities(config.ranker, with_linear=val_set is not None):
+            model = rk.train(pool.x[fit], user[fit], y[fit], names, cfg, log=log_epoch,
+                             val=val_set, scale=scale)
+            v = rk.ndcg_at(model.score(val_set[0]), val_set[1], val_set[2]) \
+                if val_set is not None else 0.0
+            tried[cfg.hidden] = (v, model)
+        hidden = max(tried, key=lambda h: (tried[h][0], len(h)))  # ties: the MLP
+        model = tried[hidden][1]
         idx = _subset(user, test_users)
         oof[idx] = model.score(pool.x[idx])
         rankers.append(model)
@@ -290,9 +309,11 @@ def crossfit_ranker(pool: Pool, y: np.ndarray, config: FunnelConfig, folds: int,
         val_info.append({"fold": f + 1, "train_users": int(len(fit_users)),
                          "validation_users": int(len(val_users)),
                          "scored_users": int(len(test_users)),
-                         "best_epochs": [e["best_epoch"] for e in best],
-                         "val_ndcg@10": [e["val_ndcg@10"] for e in best]})
-    ranker = rk.Ranker.combine(rankers)
+                         "hidden": list(hidden),
+                         "validation_ndcg@10": {str(list(h)): round(float(v), 5)
+                                                for h, (v, _) in tried.items()},
+                         "best_epochs": [e["best_epoch"] for e in best]})
+    ranker = rk.RankerSet(rankers)
     with_pos = np.unique(user[y])
     info = {"folds": folds, "n_candidates": int(len(user)), "n_users": int(n_users),
             "users_with_positives": int(len(with_pos)),
@@ -314,7 +335,7 @@ class Ranked:
 
 
 def rank_users(sig: cg.Signals, users: np.ndarray, config: FunnelConfig,
-               ranker: rk.Ranker | None, keep: int = 300, by: str | None = None,
+               ranker: rk.Ranker | rk.RankerSet | None, keep: int = 300, by: str | None = None,
                timings: dict[str, float] | None = None) -> Ranked:
     """Score every candidate with ``ranker`` (or, with ``by``, one generator's own
     score: that generator alone, no features) and keep the best ``keep`` per user.
@@ -527,7 +548,7 @@ def gate_table(sig: cg.Signals, config: FunnelConfig, train: pd.DataFrame,
                test: pd.DataFrame, *, n_catalog: int, titles: pd.Series, folds: int = 2,
                rules: Rules = Rules(), k: int = K, max_users: int = 5000,
                log_epoch: Callable[[dict], None] | None = None
-               ) -> tuple[dict, rk.Ranker, dict]:
+               ) -> tuple[dict, rk.RankerSet, dict]:
     """The gate's table and the day's ranker, on the held-out ``test`` pairs.
 
     The users are the test users with training pairs (a seeded sample of ``max_users``

@@ -289,7 +289,7 @@ def funnel_lists(live: LiveVersion, pairs: pd.DataFrame, user_ids: np.ndarray,
     from jobs.precompute import load_rules
     from jobs.train_als import Factors
     from models.candidates import SOURCES
-    from models.ranker import Ranker
+    from models.ranker import load as load_ranker
 
     t0 = time.perf_counter()
     s = settings_mod.get()
@@ -308,7 +308,7 @@ def funnel_lists(live: LiveVersion, pairs: pd.DataFrame, user_ids: np.ndarray,
     t1 = time.perf_counter()
     rows = np.arange(sig.n_users)
     if live.model == "full_pipeline":
-        ranked = funnel.rank_users(sig, rows, config, Ranker.load(live.artifacts["ranker"]))
+        ranked = funnel.rank_users(sig, rows, config, load_ranker(live.artifacts["ranker"]))
     elif live.model in SOURCES:
         ranked = funnel.rank_users(sig, rows, config, None, by=live.model,
                                    keep=max(config.sizes.get(live.model), top_k))

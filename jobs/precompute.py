@@ -119,13 +119,13 @@ def run_funnel(day: dt.date, sig, ranker_dir: str, items: pd.DataFrame, factors_
     lists, re-ranked with the same rules); reasons either way."""
     from jobs import funnel
     from models.candidates import SOURCES
-    from models.ranker import Ranker
+    from models.ranker import load as load_ranker
 
     t0 = time.perf_counter()
     titles = items.set_index("item_id")["title"]
     users = np.arange(sig.n_users)
     if model == "full_pipeline":
-        ranked = funnel.rank_users(sig, users, config, Ranker.load(ranker_dir))
+        ranked = funnel.rank_users(sig, users, config, load_ranker(ranker_dir))
     elif model in SOURCES:
         ranked = funnel.rank_users(sig, users, config, None, by=model,
                                    keep=max(config.sizes.get(model), top_k))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -101,21 +101,6 @@ class Ranker:
         (path / "ranker.json").write_text(json.dumps(meta, indent=1))
 
     @classmethod
-    def combine(cls, rankers: list[Ranker]) -> Ranker:
-        """One ranker averaging the nets of ``rankers`` (trained with the same inputs'
-        standardisation, e.g. the folds of a cross-fit)."""
-        first = rankers[0]
-        for r in rankers[1:]:
-            if r.names != first.names or not (np.array_equal(r.mean, first.mean)
-                                              and np.array_equal(r.std, first.std)):
-                raise ValueError("rankers to combine must share features and scaling")
-        cfg = replace(first.config, ensemble=sum(len(r.nets) for r in rankers))
-        states = [net.state_dict() for r in rankers for net in r.nets]
-        out = cls(cfg, first.names, first.mean, first.std, states)
-        out.log = [dict(e, fold=f + 1) for f, r in enumerate(rankers) for e in r.log]
-        return out
-
-    @classmethod
     def load(cls, path: Path | str) -> Ranker:
         import torch
 
@@ -126,6 +111,47 @@ class Ranker:
         r = cls(cfg, meta["features"], np.array(meta["mean"]), np.array(meta["std"]), states)
         r.log = meta.get("log", [])
         return r
+
+
+class RankerSet:
+    """Several rankers (the folds of a cross-fit, each with its own architecture) scoring
+    together: the mean of their scores. Saved as one folder per member."""
+
+    def __init__(self, members: list[Ranker]):
+        if not members:
+            raise ValueError("a ranker set needs at least one ranker")
+        if any(m.names != members[0].names for m in members):
+            raise ValueError("the rankers of a set must read the same features")
+        self.members = members
+        self.names = members[0].names
+
+    @property
+    def log(self) -> list[dict]:
+        return [dict(e, member=k + 1) for k, m in enumerate(self.members) for e in m.log]
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        return (sum(m.score(x) for m in self.members) / len(self.members)).astype("float32")
+
+    def params(self) -> dict:
+        return {"members": [m.params() for m in self.members]}
+
+    def save(self, path: Path | str) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        for k, m in enumerate(self.members):
+            m.save(path / f"member-{k + 1}")
+        (path / "ranker.json").write_text(json.dumps({"members": len(self.members),
+                                                      "features": self.names}, indent=1))
+
+
+def load(path: Path | str) -> Ranker | RankerSet:
+    """A saved :class:`Ranker` or :class:`RankerSet`."""
+    path = Path(path)
+    meta = json.loads((path / "ranker.json").read_text())
+    if "members" in meta:
+        return RankerSet([Ranker.load(path / f"member-{k + 1}")
+                          for k in range(int(meta["members"]))])
+    return Ranker.load(path)
 
 
 def scaling(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -407,6 +407,24 @@ def test_ranker_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(back.score(x), model.score(x))
 
 
+def test_ranker_set_averages_its_members_and_round_trips(tmp_path):
+    x, user, label, names = planted(40, seed=4)
+    mlp = rk.train(x, user, label, names, FAST)
+    linear = rk.train(x, user, label, names, rk.RankerConfig(hidden=(), epochs=5, seed=2))
+    both = rk.RankerSet([mlp, linear])
+    np.testing.assert_allclose(both.score(x), (mlp.score(x) + linear.score(x)) / 2,
+                               rtol=1e-6)
+    both.save(tmp_path / "set")
+    back = rk.load(tmp_path / "set")
+    assert isinstance(back, rk.RankerSet) and back.names == names
+    assert [m.config for m in back.members] == [mlp.config, linear.config]
+    np.testing.assert_array_equal(back.score(x), both.score(x))
+    mlp.save(tmp_path / "one")
+    assert isinstance(rk.load(tmp_path / "one"), rk.Ranker)
+    with pytest.raises(ValueError, match="same features"):
+        rk.RankerSet([mlp, rk.train(x[:, :5], user, label, names[:5], FAST)])
+
+
 def test_ranker_rejects_bad_input():
     x, user, label, names = planted(10, seed=5)
     with pytest.raises(ValueError, match="same length"):
@@ -461,7 +479,11 @@ def test_crossfit_scores_each_user_with_a_ranker_that_never_saw_it(monkeypatch):
     cfg = fn.FunnelConfig(ranker=rk.RankerConfig(hidden=(8,), epochs=4, lr=1e-2,
                                                  batch_users=16, seed=3, ensemble=2))
     ranker, oof, info = fn.crossfit_ranker(_pool(x, user), label, cfg, folds=3)
-    assert len(ranker.nets) == 6 and info["folds"] == 3
+    assert len(ranker.members) == 3 and info["folds"] == 3
+    assert all(len(m.nets) == 2 for m in ranker.members)
+    for fold in info["fold_training"]:  # the kept capacity scored best on validation users
+        scores = fold["validation_ndcg@10"]
+        assert scores[str(fold["hidden"])] == max(scores.values()) and len(scores) == 2
     assert sum(f["scored_users"] for f in info["fold_training"]) == 60
     # Flip one user's labels: the rankers of the other folds change, the one that scores
     # that user does not, so the user's out-of-fold scores stay exactly the same.

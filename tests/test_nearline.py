@@ -220,7 +220,7 @@ def daily_list_for(live, pairs, user, vector, as_of) -> list[int]:
     from jobs import daily, funnel
     from jobs.precompute import load_rules
     from jobs.train_als import Factors
-    from models.ranker import Ranker
+    from models.ranker import load as load_ranker
 
     s = settings_mod.get()
     cfg = s.funnel_config()
@@ -239,7 +239,7 @@ def daily_list_for(live, pairs, user, vector, as_of) -> list[int]:
                                users=np.array([user]), preferences=prefs,
                                countries=countries)
     if model == "full_pipeline":
-        ranked = funnel.rank_users(sig, np.arange(1), cfg, Ranker.load(arts["ranker"]))
+        ranked = funnel.rank_users(sig, np.arange(1), cfg, load_ranker(arts["ranker"]))
     else:
         ranked = funnel.rank_users(sig, np.arange(1), cfg, None, by=model,
                                    keep=max(cfg.sizes.get(model), s.top_k))
