@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.robustness [--data ../shared/data/ml-latest-small]
                                          [--only NAME,...] [--out var/reports/robustness]
+                                         [--data-seed 42]
 
 Every dataset is scored by ``jobs.protocol.run_pairs``, which calls what the daily DAG's
 ``evaluate`` task calls (``jobs.funnel.gate_table``) with the settings of this process
@@ -20,6 +21,10 @@ Datasets (``--only`` picks some by name):
 * ``syn-popular``, ``syn-longtail``, ``syn-sequential``, ``syn-coldstart``,
   ``syn-drift``: the project's generator in those shapes (jobs/ingest/synthetic.py
   SHAPES), protocol split.
+
+``--data-seed`` (default 42) seeds the data, not the models: the synthetic generator,
+the random third of items and the stratified split. Another seed gives other data of the
+same shapes, for checking figures on data they were not looked at on.
 
 Printed: one Markdown table of NDCG@10 per dataset (each generator, ranker, full
 pipeline, popularity, the published choice and its lead over the best single generator)
@@ -52,13 +57,13 @@ def movielens(path: Path):
     return pairs, catalog(items, pairs)
 
 
-def synthetic(shape: str):
+def synthetic(shape: str, seed: int = 42):
     """(pairs, items) of the generator in ``shape``, pairs as the DAG's prepare makes."""
     from jobs.ingest.synthetic import generate_items, iter_events, shape_config
     from jobs.train_two_tower import catalog
     from models.confidence import aggregate_pairs
 
-    cfg = shape_config(shape)
+    cfg = shape_config(shape, seed=seed)
     items = generate_items(cfg)
     events = pd.concat(list(iter_events(cfg, items=items)), ignore_index=True)
     events["timestamp"] = pd.to_datetime(events["ts"], unit="s", utc=True)
@@ -92,7 +97,7 @@ def datasets(ml: Path, seed: int) -> dict:
         out["ml-early-users"] = (early_users, "stratified")
         out["ml-third-items"] = (third_items, "stratified")
     for shape in SYNTHETIC:
-        out[f"syn-{shape}"] = ((lambda s=shape: synthetic(s)), "stratified")
+        out[f"syn-{shape}"] = ((lambda s=shape: synthetic(s, seed)), "stratified")
     return out
 
 
@@ -142,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(ML), help="ml-latest-small folder")
     p.add_argument("--only", help="comma-separated dataset names")
     p.add_argument("--out", default=None, help="folder for robustness.json/.md")
+    p.add_argument("--data-seed", type=int, default=42,
+                   help="seed of the synthetic data, the item third and the split")
     args = p.parse_args(argv)
     os.environ.setdefault("RECS_HOME", tempfile.mkdtemp(prefix="recs-bench-robust-"))
     from core import settings as settings_mod
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     changed = protocol.changed_settings(s)
     print("settings:", "the shipped defaults" if not changed else f"changed {changed}",
           flush=True)
-    todo = datasets(Path(args.data), s.seed)
+    todo = datasets(Path(args.data), args.data_seed)
     if not Path(args.data).exists():
         print(f"note: {args.data} is absent; the MovieLens datasets are skipped", flush=True)
     if args.only:
@@ -173,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             pairs, items = load()
             from jobs.prepare import split_pairs
 
-            train, test = split_pairs(pairs, split, s.holdout_fraction, s.seed)
+            train, test = split_pairs(pairs, split, s.holdout_fraction, args.data_seed)
             table = protocol.run_pairs(pairs, train, test, items, settings=s, dataset=name,
                                        split=split, spark=spark, t0=t0,
                                        text=text_matrix if s.two_tower_text else None)
