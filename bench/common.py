@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,3 +65,40 @@ def percentiles(latencies_s: list[float]) -> dict[str, float]:
             "p95_ms": round(float(np.percentile(a, 95)), 2),
             "p99_ms": round(float(np.percentile(a, 99)), 2),
             "max_ms": round(float(a.max()), 2)}
+
+
+class ScratchHome:
+    """A fresh ``RECS_HOME`` with its own private Postgres on a free port: ``recs(...)``
+    runs the command line there; on exit the database stops and the home is removed
+    (unless ``keep``)."""
+
+    def __init__(self, prefix: str, keep: bool = False):
+        self.home = Path(tempfile.mkdtemp(prefix=prefix))
+        os.chmod(self.home, 0o755)
+        port = free_port()
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("RECS_", "AIRFLOW"))}
+        self.env.update(RECS_HOME=str(self.home), RECS_PG_PORT=str(port),
+                        RECS_LOG_LEVEL="WARNING")
+        self.dsn = f"postgresql://recs@127.0.0.1:{port}/recs"
+        self.keep = keep
+
+    def recs(self, *argv: str) -> subprocess.CompletedProcess:
+        r = subprocess.run([str(BIN / "recs"), *argv], env=self.env, cwd=PROJECT_ROOT,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"recs {' '.join(argv)} failed ({r.returncode}):\n"
+                             f"{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+        return r
+
+    def use(self) -> None:
+        """Point this process's settings at the scratch home (for in-process jobs)."""
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith("RECS_")})
+
+    def __enter__(self) -> ScratchHome:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run([str(BIN / "recs"), "db-down"], env=self.env, capture_output=True)
+        if not self.keep:
+            shutil.rmtree(self.home, ignore_errors=True)

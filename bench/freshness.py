@@ -26,16 +26,14 @@ import argparse
 import datetime as dt
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg2
 
-from bench.common import free_port
+from bench.common import ScratchHome
 from core.settings import PROJECT_ROOT
 
 BIN = Path(sys.executable).parent
@@ -178,32 +176,20 @@ def main() -> None:
                    "through `airflow dags test`")
     p.add_argument("--keep", action="store_true", help="keep the scratch home")
     args = p.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="recs-bench-freshness-"))
-    os.chmod(home, 0o755)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECS_", "AIRFLOW"))}
-    env.update(RECS_HOME=str(home), RECS_PG_PORT=str(port), RECS_LOG_LEVEL="WARNING")
-    dsn = f"postgresql://recs@127.0.0.1:{port}/recs"
-    try:
-        for argv in (["db-up"], ["load", "synthetic", "--users", str(args.users), "--items",
-                                 str(args.items), "--events", str(args.events), "--days",
-                                 str(args.days)], ["pipeline", "--inline"]):
-            r = subprocess.run([str(BIN / "recs"), *argv], env=env, cwd=PROJECT_ROOT,
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                raise SystemExit(f"recs {' '.join(argv)} failed:\n{r.stderr[-3000:]}")
-        os.environ.update({k: v for k, v in env.items() if k.startswith("RECS_")})
+    with ScratchHome("recs-bench-freshness-", keep=args.keep) as scratch:
+        scratch.recs("db-up")
+        scratch.recs("load", "synthetic", "--users", str(args.users), "--items",
+                     str(args.items), "--events", str(args.events), "--days", str(args.days))
+        scratch.recs("pipeline", "--inline")
+        scratch.use()
+        dsn = scratch.dsn
         sizes = [n for n in (1, 100, 1000) if n <= args.users]
         report = {"data": {"users": args.users, "items": args.items, "events": args.events},
                   "nearline": bench_nearline(dsn, sizes),
                   "hourly": bench_hourly(dsn, [n for n in (1, 10, 100) if n <= args.items])}
         if args.airflow:
-            report["airflow"] = bench_airflow(env, dsn)
+            report["airflow"] = bench_airflow(scratch.env, dsn)
         print(json.dumps(report, indent=2))
-    finally:
-        subprocess.run([str(BIN / "recs"), "db-down"], env=env, capture_output=True)
-        if not args.keep:
-            shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

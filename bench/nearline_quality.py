@@ -21,19 +21,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import free_port
+from bench.common import ScratchHome
 from bench.freshness import _lists, _post, _sql
-from core.settings import PROJECT_ROOT
 
 BIN = Path(sys.executable).parent
 K = 10
@@ -85,26 +80,13 @@ def main() -> None:
     p.add_argument("--events", type=int, default=50_000)
     p.add_argument("--keep", action="store_true", help="keep the scratch home")
     args = p.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="recs-bench-nearline-quality-"))
-    os.chmod(home, 0o755)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECS_", "AIRFLOW"))}
-    env.update(RECS_HOME=str(home), RECS_PG_PORT=str(port), RECS_LOG_LEVEL="WARNING")
-    dsn = f"postgresql://recs@127.0.0.1:{port}/recs"
-
-    def recs(*argv: str) -> None:
-        r = subprocess.run([str(BIN / "recs"), *argv], env=env, cwd=PROJECT_ROOT,
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            raise SystemExit(f"recs {' '.join(argv)} failed ({r.returncode}):\n"
-                             f"{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
-
-    try:
-        recs("db-up")
-        recs("load", "synthetic", "--users", str(args.n_users), "--items", str(args.items),
-             "--events", str(args.events))
-        recs("pipeline", "--inline")
-        os.environ.update({k: v for k, v in env.items() if k.startswith("RECS_")})
+    with ScratchHome("recs-bench-nearline-quality-", keep=args.keep) as scratch:
+        dsn = scratch.dsn
+        scratch.recs("db-up")
+        scratch.recs("load", "synthetic", "--users", str(args.n_users), "--items",
+                     str(args.items), "--events", str(args.events))
+        scratch.recs("pipeline", "--inline")
+        scratch.use()
         from jobs import nearline
 
         nearline.run(dsn=dsn)  # the first pass sets the watermark
@@ -127,7 +109,8 @@ def main() -> None:
         nearline_s = time.perf_counter() - t0
         refreshed = _lists(dsn, users)
         baseline = als_only(dsn, users)
-        recs("pipeline", "--inline", "--date", dt.datetime.now(dt.UTC).date().isoformat())
+        scratch.recs("pipeline", "--inline", "--date",
+                     dt.datetime.now(dt.UTC).date().isoformat())
         rerun = _lists(dsn, users)
         consumed = {u: {i for uu, i, _ in events if uu == u} for u in users}
 
@@ -150,10 +133,6 @@ def main() -> None:
                   "nearline_wall_seconds": round(nearline_s, 2),
                   "against_daily_rerun": rows}
         print(json.dumps(report, indent=2))
-    finally:
-        subprocess.run([str(BIN / "recs"), "db-down"], env=env, capture_output=True)
-        if not args.keep:
-            shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,13 @@ import psycopg2
 import pytest
 
 from core import settings as settings_mod
-from tests.test_nearline import DAY, train_numpy
+from tests.test_nearline import DAY, daily_steps
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def broken_run(dsn, tmp_path, monkeypatch):
-    from jobs import daily
     from jobs import funnel as fn
     from jobs.ingest.load import load_synthetic
     from jobs.ingest.synthetic import SyntheticConfig
@@ -43,18 +42,7 @@ def broken_run(dsn, tmp_path, monkeypatch):
     monkeypatch.setattr(fn, "crossfit_ranker", broken)
     load_synthetic(SyntheticConfig(n_users=150, n_items=90, n_events=7000, n_days=20),
                    dsn=dsn)
-    ex = daily.extract(DAY)
-    pairs = daily.prepare(DAY, ex)
-    train_numpy(pairs)
-    text = daily.text_embeddings(DAY, ex)
-    tt = daily.train_two_tower(DAY, pairs, ex, text)
-    stats = daily.item_stats(DAY, ex)
-    index = daily.build_index(DAY, pairs)
-    result = daily.evaluate(DAY, pairs, ex, index, stats, text, tt)
-    lists = daily.precompute(DAY, pairs, ex, index, text, tt, result)
-    daily.publish(result, pairs, lists, stats)
-    yield {"result": result, "lists": lists, "pairs": pairs, "dsn": dsn, "ex": ex,
-           "text": text, "tt": tt}
+    yield {**daily_steps(DAY), "dsn": dsn}
     settings_mod._cached = None
 
 
@@ -93,18 +81,8 @@ def test_broken_ranker_publishes_the_best_generator_instead(broken_run):
 
 def _run_steps(day):
     """The daily steps from extract to precompute (no publish): (gate result, lists)."""
-    from jobs import daily
-
-    ex = daily.extract(day)
-    pairs = daily.prepare(day, ex)
-    train_numpy(pairs)
-    text = daily.text_embeddings(day, ex)
-    tt = daily.train_two_tower(day, pairs, ex, text)
-    stats = daily.item_stats(day, ex)
-    index = daily.build_index(day, pairs)
-    result = daily.evaluate(day, pairs, ex, index, stats, text, tt)
-    lists = daily.precompute(day, pairs, ex, index, text, tt, result)
-    return result, pd.read_parquet(lists["recommendations"])
+    out = daily_steps(day, publish=False)
+    return out["result"], pd.read_parquet(out["lists"]["recommendations"])
 
 
 def test_rerunning_a_date_gives_the_same_figures_and_lists(dsn, tmp_path, monkeypatch):

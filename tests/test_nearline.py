@@ -52,27 +52,41 @@ def train_numpy(pairs: dict) -> None:
         table.to_parquet(out / "covisit.parquet", index=False)
 
 
+def daily_steps(day: dt.date, publish: bool = True) -> dict:
+    """The daily pipeline's steps for ``day`` in this process, with the numpy ALS and
+    co-visitation references in place of the Spark jobs; publishes when the gate passes
+    (and ``publish``). Returns every step's output by name."""
+    from jobs import daily
+
+    ex = daily.extract(day)
+    pairs = daily.prepare(day, ex)
+    train_numpy(pairs)
+    text = daily.text_embeddings(day, ex)
+    tt = daily.train_two_tower(day, pairs, ex, text)
+    stats = daily.item_stats(day, ex)
+    index = daily.build_index(day, pairs)
+    result = daily.evaluate(day, pairs, ex, index, stats, text, tt)
+    lists = None
+    if result["passed"]:
+        lists = daily.precompute(day, pairs, ex, index, text, tt, result)
+        if publish:
+            daily.publish(result, pairs, lists, stats)
+    return {"result": result, "lists": lists, "pairs": pairs, "index": index, "ex": ex,
+            "text": text, "tt": tt, "stats": stats}
+
+
 def build_live_version(dsn: str, *, users: int = 120, items: int = 80,
                        events: int = 6000) -> dict:
     """Load synthetic data and publish the daily version of DAY; return its details."""
-    from jobs import daily
     from jobs.ingest.load import load_synthetic
     from jobs.ingest.synthetic import SyntheticConfig
 
     load_synthetic(SyntheticConfig(n_users=users, n_items=items, n_events=events,
                                    n_days=20), dsn=dsn)
-    ex = daily.extract(DAY)
-    pairs = daily.prepare(DAY, ex)
-    train_numpy(pairs)
-    text = daily.text_embeddings(DAY, ex)
-    tt = daily.train_two_tower(DAY, pairs, ex, text)
-    stats = daily.item_stats(DAY, ex)
-    index = daily.build_index(DAY, pairs)
-    result = daily.evaluate(DAY, pairs, ex, index, stats, text, tt)
-    assert result["passed"], result
-    lists = daily.precompute(DAY, pairs, ex, index, text, tt, result)
-    daily.publish(result, pairs, lists, stats)
-    return {"version": result["version"], "pairs": pairs, "index": index}
+    out = daily_steps(DAY)
+    assert out["result"]["passed"], out["result"]
+    return {"version": out["result"]["version"], "pairs": out["pairs"],
+            "index": out["index"]}
 
 
 def make_live(dsn, tmp_path, monkeypatch):
