@@ -18,9 +18,9 @@ Datasets (``--only`` picks some by name):
 * ``ml-early-users``: ml-latest-small restricted to the half of its users who came
   first (by first event), protocol split;
 * ``ml-third-items``: ml-latest-small restricted to a seeded third of its items;
-* ``syn-popular``, ``syn-longtail``, ``syn-sequential``, ``syn-coldstart``,
-  ``syn-drift``: the project's generator in those shapes (jobs/ingest/synthetic.py
-  SHAPES), protocol split.
+* ``syn-default`` (the data ``make demo`` loads), ``syn-popular``, ``syn-longtail``,
+  ``syn-sequential``, ``syn-coldstart``, ``syn-drift``: the project's generator in those
+  shapes (jobs/ingest/synthetic.py SHAPES), protocol split.
 
 ``--data-seed`` (default 42) seeds the data, not the models: the synthetic generator,
 the random third of items and the stratified split. Another seed gives other data of the
@@ -46,7 +46,7 @@ import pandas as pd
 ML = Path("../shared/data/ml-latest-small")
 GENERATORS = ("als", "two_tower", "ease", "itemknn", "covisit", "covisit_history", "text",
               "trending", "country", "new")
-SYNTHETIC = ("popular", "longtail", "sequential", "coldstart", "drift")
+SYNTHETIC = ("default", "popular", "longtail", "sequential", "coldstart", "drift")
 
 
 def movielens(path: Path):

@@ -107,38 +107,42 @@ def text_embeddings(day: dt.date, extracted: dict) -> dict:
     return job.run(extracted["items"])
 
 
-def _fit_two_tower(pairs_path: str, items_path: str, out_dir: str, config,
-                   users_path: str | None, text_store: str | None, exact_max: int) -> dict:
-    from jobs import train_two_tower as job
-
-    res = job.run(pairs_path, items_path, out_dir, config, users_path=users_path,
-                  text_store=text_store, exact_max=exact_max)
-    return {k: res[k] for k in ("dir", "train_seconds", "loss", "items_ip")}
-
-
 def train_two_tower(day: dt.date, pairs: dict, extracted: dict, text: dict) -> dict:
     """The two-tower model on each fit's pairs, with its own FAISS index. Each fit trains
-    on one thread (repeatable), so the fits run side by side in their own processes, one
-    per core (the result is the same as one after the other)."""
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
+    on one thread (repeatable), so the fits run side by side, one process each
+    (``python -m jobs.train_two_tower``; plain processes, since an Airflow worker may be
+    a daemon process that may not fork children): the result is the same as one after
+    the other."""
+    import json
+    import subprocess
+    import tempfile
 
     s = settings_mod.get()
-    jobs = {name: (pairs[part], extracted["items"],
-                   str(lake.partition("two_tower", day) / name), s.two_tower_config(),
-                   extracted.get("users"), text["store"] if s.two_tower_text else None,
-                   s.exact_index_max_items)
-            for name, part in FITS.items()}
-    workers = min(len(jobs), os.cpu_count() or 1)
-    if workers < 2:
-        out = {name: _fit_two_tower(*args) for name, args in jobs.items()}
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            futures = {name: pool.submit(_fit_two_tower, *args)
-                       for name, args in jobs.items()}
-            out = {name: f.result() for name, f in futures.items()}
+    config = json.dumps(dataclasses.asdict(s.two_tower_config()))
+    procs = {}
+    with tempfile.TemporaryDirectory(prefix="recs-two-tower-") as tmp:
+        for name, part in FITS.items():
+            argv = [sys.executable, "-m", "jobs.train_two_tower", "--pairs", pairs[part],
+                    "--items", extracted["items"], "--config", config,
+                    "--out", str(lake.partition("two_tower", day) / name),
+                    "--exact-max", str(s.exact_index_max_items),
+                    "--result", str(Path(tmp) / f"{name}.json")]
+            if extracted.get("users"):
+                argv += ["--users", extracted["users"]]
+            if s.two_tower_text:
+                argv += ["--text-store", text["store"]]
+            procs[name] = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, text=True)
+        out = {}
+        for name, proc in procs.items():
+            log_text, _ = proc.communicate()
+            if proc.returncode != 0:
+                for other in procs.values():
+                    other.kill()
+                raise RuntimeError(f"two-tower fit {name!r} failed with status "
+                                   f"{proc.returncode}:\n{log_text[-3000:]}")
+            res = json.loads((Path(tmp) / f"{name}.json").read_text())
+            out[name] = {k: res[k] for k in ("dir", "train_seconds", "loss", "items_ip")}
     return {"dir": str(lake.partition("two_tower", day)), "fits": out}
 
 

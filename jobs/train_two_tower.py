@@ -212,21 +212,31 @@ def evaluate_protocol(path: Path | str, config: TwoTowerConfig = TwoTowerConfig(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m jobs.train_two_tower --pairs P --items I --out D [--users U] [--text]``."""
+    """``python -m jobs.train_two_tower --pairs P --items I --out D [--users U] [--text]
+    [--text-store S] [--config JSON] [--exact-max N] [--result FILE]``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", required=True)
     p.add_argument("--items", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--users")
     p.add_argument("--text", action="store_true", help="add item text embeddings")
+    p.add_argument("--text-store", help="read the item text vectors from this store")
     p.add_argument("--epochs", type=int, default=TwoTowerConfig.epochs)
     p.add_argument("--seed", type=int, default=TwoTowerConfig.seed)
+    p.add_argument("--config", help="the whole TwoTowerConfig as JSON (wins over "
+                                    "--epochs and --seed)")
+    p.add_argument("--exact-max", type=int, default=50_000)
+    p.add_argument("--result", help="write the result as JSON to this file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = TwoTowerConfig(epochs=args.epochs, seed=args.seed)
+    config = TwoTowerConfig(**json.loads(args.config)) if args.config else \
+        TwoTowerConfig(epochs=args.epochs, seed=args.seed)
     result = run(args.pairs, args.items, args.out, config, users_path=args.users,
-                 text=args.text)
-    print(json.dumps(result, indent=1, sort_keys=True))
+                 text=args.text, text_store=args.text_store, exact_max=args.exact_max)
+    if args.result:
+        Path(args.result).write_text(json.dumps(result, sort_keys=True))
+    else:
+        print(json.dumps(result, indent=1, sort_keys=True))
     return 0
 
 
