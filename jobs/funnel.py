@@ -1,13 +1,17 @@
 """The two-stage funnel end to end: signals -> candidates -> learned ranking -> re-ranking.
 
-Used by the daily DAG's ``rank`` and ``precompute`` steps and by ``recs evaluate``:
+Used by the daily DAG's ``evaluate`` and ``precompute`` steps, by nearline and by
+``recs evaluate``:
 
 * :func:`build_signals` puts the trained artefacts (ALS and two-tower vectors, Spark
   co-visitation, MiniLM text vectors) and the training pairs on one catalog;
 * :func:`fit_artifacts` trains those artefacts in process (``recs evaluate``, tests);
-* :func:`training_set` / :func:`fit_ranker`: the ranker learns from candidates generated
-  on an earlier part of the data, labelled by what the users did next;
-* :func:`rank_users` scores every candidate of every user with the ranker;
+* :func:`candidate_pool` / :func:`crossfit_ranker`: the ranker learns from the held-out
+  users' candidates, labelled by their held-out pairs, each user scored out of fold;
+* :func:`gate_table` scores popularity, every generator (alone and re-ranked), the
+  ranker and the full pipeline on the same users; :func:`choose` picks what to publish;
+* :func:`rank_users` scores every candidate of every user with the ranker (or one
+  generator alone);
 * :func:`final_lists` re-ranks (rules, diversity, freshness, no three of a category in a
   row) and gives every item its reason.
 """
