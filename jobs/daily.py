@@ -110,9 +110,9 @@ def text_embeddings(day: dt.date, extracted: dict) -> dict:
 def train_two_tower(day: dt.date, pairs: dict, extracted: dict, text: dict) -> dict:
     """The two-tower model on each fit's pairs, with its own FAISS index. Each fit trains
     on one thread (repeatable), so the fits run side by side, one process each
-    (``python -m jobs.train_two_tower``; plain processes, since an Airflow worker may be
-    a daemon process that may not fork children): the result is the same as one after
-    the other."""
+    (``python -m jobs.train_two_tower``: plain processes, not a multiprocessing pool,
+    which failed in a task run by the Airflow scheduler though ``airflow dags test`` ran
+    it): the result is the same as one after the other."""
     import json
     import subprocess
     import tempfile
