@@ -96,7 +96,9 @@ end
 function init(args)
   math.randomseed({seed} + tid * 7919)
   if method == "GET" then
-    for i, p in ipairs(paths) do reqs[i] = wrk.format("GET", p) end
+    local headers = nil
+    if key ~= "" then headers = {{["X-API-Key"] = key}} end
+    for i, p in ipairs(paths) do reqs[i] = wrk.format("GET", p, headers) end
   end
 end
 
@@ -208,9 +210,9 @@ def publish_synthetic(dsn: str, n_users: int, n_items: int, list_k: int, similar
         db.copy_rows(cur, "items", ["item_id", "title", "category", "popularity"],
                      ((int(i), titles[int(i)], category[int(i)], float(w))
                       for i, w in zip(item_ids, weights, strict=True)))
-        cur.execute("INSERT INTO model_runs (model_version, status, data_until, finished_at, "
-                    "published_at) VALUES (%s, 'published', %s, now(), now())",
-                    (VERSION, data_until))
+        cur.execute("INSERT INTO model_runs (model_version, status, logical_date, data_until, "
+                    "finished_at, published_at) VALUES (%s, 'published', %s, %s, now(), now())",
+                    (VERSION, data_until.date(), data_until))
         for table, key in (("recommendations", "user_id"), ("similar_items", "item_id"),
                            ("trending", "list_name")):
             part = f"{table}_vload"
@@ -377,6 +379,7 @@ def run_wrk(base: str, script: str, seconds: float, connections: int, threads: i
 def measure(base: str, name: str, paths: list[str], args, **lua) -> dict:
     """Highest throughput (closed loop) and latency at each fixed rate of ``args.rates``."""
     out: dict = {}
+    lua.setdefault("key", args.key)
     script = lua_script(name, paths, seed=args.seed, **lua)
     run_wrk(base, script, 3, args.max_connections)  # warm-up, not reported
     out["max"] = run_wrk(base, script, args.max_seconds, args.max_connections)
@@ -432,7 +435,7 @@ def soak(reader: Gunicorn, paths: list[str], args) -> dict:
             samples.append({"t_s": len(samples) * 30,
                             "rss_mb": {str(p): rss_mb(p) for p in workers}})
 
-    script = lua_script("soak", paths, rate=args.soak_rate, seed=args.seed)
+    script = lua_script("soak", paths, rate=args.soak_rate, seed=args.seed, key=args.key)
     conns = max(16, min(64, int(args.soak_rate // 10)))
     result = run_wrk(reader.base, script, args.soak, conns, on_wait=sample)
     end = {str(p): rss_mb(p) for p in workers}
@@ -450,19 +453,134 @@ def fallback_run(s, reader: Gunicorn, paths: list[str], args) -> dict:
     rate = max(args.rates) if args.rates else 300
     localpg.stop(s)
     try:
-        script = lua_script("fallback", paths, rate=rate, seed=args.seed)
+        script = lua_script("fallback", paths, rate=rate, seed=args.seed, key=args.key)
         result = run_wrk(reader.base, script, args.seconds, max(16, min(64, int(rate // 10))))
     finally:
         localpg.start(s)
     t0 = time.monotonic()
     recovered = None
     while time.monotonic() - t0 < 30:
-        body = requests.get(reader.base + paths[0], timeout=5).json()
+        body = requests.get(reader.base + paths[0], headers={"X-API-Key": args.key},
+                            timeout=5).json()
         if body["source"] != "memory":
             recovered = round(time.monotonic() - t0, 2)
             break
         time.sleep(0.1)
     return {**result, "rate": rate, "recovered_after_s": recovered}
+
+
+# --- a publish and an analyst query under load ---------------------------------------------
+
+def stage_next_version(dsn: str, out: Path, version: str) -> dict:
+    """Parquet inputs of ``jobs.publish.run`` for a new version: the live version's lists
+    re-scored, its trending lists, the items' popularity and the users' histories; the
+    version is recorded as evaluated, one day after the live one."""
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    conn = psycopg2.connect(db.libpq_dsn(dsn))
+    try:
+        live = pd.read_sql("""SELECT r.user_id, r.items, r.scores, r.reasons, r.reason_item_ids,
+                                     r.history_tail
+                              FROM serving_state s JOIN recommendations r
+                                ON r.model_version = s.live_version""", conn)
+        sims = pd.read_sql("""SELECT r.item_id, r.items, r.scores, r.reasons
+                              FROM serving_state s JOIN similar_items r
+                                ON r.model_version = s.live_version""", conn)
+        trend = pd.read_sql("""SELECT list_name, rank, item_id, score, reason
+                               FROM live_trending""", conn)
+        pop = pd.read_sql("SELECT item_id, popularity FROM items", conn)
+        with conn, conn.cursor() as cur:
+            cur.execute("""SELECT m.logical_date FROM serving_state s
+                           JOIN model_runs m ON m.model_version = s.live_version""")
+            (day,) = cur.fetchone()
+            day = (day or dt.date.today()) + dt.timedelta(days=1)
+            cur.execute("DELETE FROM model_runs WHERE model_version = %s", (version,))
+            cur.execute("INSERT INTO model_runs (model_version, status, logical_date, "
+                        "data_until, finished_at) VALUES (%s, 'evaluated', %s, now(), now())",
+                        (version, day))
+    finally:
+        conn.close()
+    live["items"] = live["items"].map(lambda a: list(reversed(a)))  # a visibly new list
+    live["scores"] = live["scores"].map(lambda a: sorted(a, reverse=True))
+    pairs = live[["user_id", "history_tail"]].explode("history_tail").rename(
+        columns={"history_tail": "item_id"}).astype("int64")
+    paths = {"recommendations": out / "recommendations.parquet",
+             "similar": out / "similar.parquet", "trending": out / "trending.parquet",
+             "popularity": out / "popularity.parquet", "pairs": out / "pairs.parquet"}
+    live.to_parquet(paths["recommendations"])
+    sims.to_parquet(paths["similar"])
+    trend.to_parquet(paths["trending"])
+    pop.to_parquet(paths["popularity"])
+    pairs.to_parquet(paths["pairs"])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def publish_under_load(dsn: str, reader: Gunicorn, paths: list[str], args) -> dict:
+    """Personalized requests at the highest fixed rate, first alone (the reference), then
+    while an analyst's long query holds ``live_recommendations`` and a new version is
+    published through ``jobs.publish.run``: the publish must not make readers queue."""
+    import threading
+
+    from jobs import publish
+
+    rate = max(args.rates) if args.rates else 300
+    conns = max(16, min(64, int(rate // 10)))
+    seconds = max(args.seconds, 30)
+    script = lua_script("publish", paths, rate=rate, seed=args.seed, key=args.key)
+    reference = run_wrk(reader.base, script, seconds, conns)
+    version = "vload-next"
+    staged = stage_next_version(dsn, Path(tempfile.mkdtemp(prefix="recs-load-next-")), version)
+    analyst_s = seconds + 30
+    events: dict = {}
+
+    def analyst() -> None:
+        conn = psycopg2.connect(db.libpq_dsn(getattr(args, "analyst_dsn", None) or dsn))
+        try:
+            with conn, conn.cursor() as cur:
+                events["analyst_started"] = time.monotonic()
+                cur.execute("SELECT count(*), max(score), pg_sleep(%s) "
+                            "FROM live_recommendations", (analyst_s,))
+                cur.fetchall()
+        finally:
+            events["analyst_ended"] = time.monotonic()
+            conn.close()
+
+    def publisher() -> None:
+        time.sleep(5)
+        t0 = time.monotonic()
+        try:
+            events["publish"] = publish.run(
+                version, lists={"recommendations": staged["recommendations"],
+                                "similar": staged["similar"]},
+                trending_path=staged["trending"], popularity_path=staged["popularity"],
+                pairs_path=staged["pairs"], dsn=dsn,
+                lake_root=Path(tempfile.mkdtemp(prefix="recs-load-lake-")))
+        except Exception as exc:  # reported, not raised: the load figures still count
+            events["publish_error"] = f"{type(exc).__name__}: {exc}"
+        events["publish_started"], events["publish_ended"] = t0, time.monotonic()
+
+    threads = [threading.Thread(target=analyst), threading.Thread(target=publisher)]
+    for t in threads:
+        t.start()
+    during = run_wrk(reader.base, script, seconds, conns)
+    for t in threads:
+        t.join()
+    with psycopg2.connect(db.libpq_dsn(dsn)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT live_version FROM serving_state")
+        live_after = cur.fetchone()[0]
+    out = {"rate": rate, "seconds": seconds, "analyst_query_s": analyst_s,
+           "reference": reference, "during": during, "live_after": live_after,
+           "published": live_after == version,
+           "publish_s": round(events.get("publish_ended", 0) - events.get("publish_started",
+                                                                        0), 2),
+           "published_while_analyst_ran": events.get("publish_ended", 0)
+           < events.get("analyst_ended", 0),
+           "p99_during_over_reference": round(during["p99_ms"]
+                                              / max(reference["p99_ms"], 1e-9), 2)}
+    if "publish_error" in events:
+        out["publish_error"] = events["publish_error"]
+    return out
 
 
 # --- pgbench ------------------------------------------------------------------------------
@@ -529,7 +647,8 @@ def main() -> None:
     p.add_argument("--from-live", action="store_true",
                    help="clone the configured database (its live version) instead of "
                         "building a synthetic one (nothing may be connected to it)")
-    p.add_argument("--scenarios", default="personalized,similar,trending,events,bare")
+    p.add_argument("--scenarios", default="personalized,similar,trending,events,bare",
+                   help="also: publish (a publish and a long analyst query under load)")
     p.add_argument("--soak", type=float, default=0, help="soak length in seconds (0: none)")
     p.add_argument("--soak-rate", type=float, default=200)
     p.add_argument("--fallback", action="store_true",
@@ -564,7 +683,9 @@ def main() -> None:
     paths, users, n_users, max_item = scenario_paths(dsn, args.seed)
     result["data"]["session_events"] = add_session_items(dsn, users, max_item, args.seed)
     with db.transaction(dsn) as cur:
-        _, key = apikeys.create(cur, "bench-load", ["events"])
+        # Reads need a key by default (RECS_READ_KEYS_REQUIRED): one key for both.
+        _, key = apikeys.create(cur, "bench-load", ["read", "events"])
+    args.key = key
     lake = tempfile.mkdtemp(prefix="recs-load-lake-")
     env = {"RECS_DATABASE_URL": dsn, "RECS_LAKE_ROOT": lake}
     try:
@@ -575,15 +696,24 @@ def main() -> None:
                                          [f"/bare/{i}" for i in range(1, 501)], args)
         with Gunicorn("serve.app:create_app()", env) as reader:
             for path in paths["personalized"][:100]:  # pools, popular lists, caches
-                requests.get(reader.base + path, timeout=5)
+                requests.get(reader.base + path, headers={"X-API-Key": key}, timeout=5)
             print("reader:", flush=True)
             for name in ("personalized", "similar", "trending"):
                 if name in scenarios:
                     result[name] = measure(reader.base, name, paths[name], args)
             if "events" in scenarios:
                 result["events"] = measure(reader.base, "events", ["/api/v1/events"], args,
-                                           method="POST", expect=201, key=key,
+                                           method="POST", expect=201,
                                            n_users=max(users), n_items=max_item)
+            if "publish" in scenarios:
+                print("publish and an analyst query under load...", flush=True)
+                result["publish"] = publish_under_load(dsn, reader, paths["personalized"],
+                                                       args)
+                d, r = result["publish"]["during"], result["publish"]["reference"]
+                print(f"  publish: p99 {d['p99_ms']} ms during (reference {r['p99_ms']} ms), "
+                      f"errors {d['errors']}, fallback {d['fallback']}, memory {d['memory']}, "
+                      f"published {result['publish']['published']} in "
+                      f"{result['publish']['publish_s']} s", flush=True)
             if args.soak:
                 print(f"soak: {args.soak:.0f} s at {args.soak_rate:.0f} req/s...", flush=True)
                 result["soak"] = soak(reader, paths["personalized"], args)
