@@ -50,8 +50,16 @@ class Settings:
     holdout_fraction: float = 0.25
     gate_margin: float = 0.0
     keep_versions: int = 2
+    # Publishing (jobs/publish.py): each lock of the switch is waited for at most
+    # publish_lock_timeout_ms, retried with back-off for publish_switch_budget_s in all;
+    # old versions are detached concurrently, waiting at most publish_retire_wait_s.
+    publish_lock_timeout_ms: int = 2000
+    publish_switch_budget_s: float = 120.0
+    publish_retire_wait_s: float = 30.0
     # Freshness (nearline and hourly DAGs).
     nearline_every_minutes: int = 5
+    nearline_chunk_users: int = 2000  # users per nearline transaction
+    nearline_budget_s: float = 240.0  # a nearline run starts no chunk after this
     new_item_days: int = 14
     new_item_active_days: int = 7
     new_item_max_users: int = 100_000
@@ -170,7 +178,12 @@ _RANGES: dict[str, tuple[float, float]] = {
     "ann_recall_floor": (0.0, 1.0),
     "holdout_fraction": (0.01, 0.99),
     "keep_versions": (1, 100),
+    "publish_lock_timeout_ms": (1, 600_000),
+    "publish_switch_budget_s": (0.0, 86_400),
+    "publish_retire_wait_s": (0.0, 86_400),
     "nearline_every_minutes": (1, 1440),
+    "nearline_chunk_users": (1, 10**7),
+    "nearline_budget_s": (1.0, 86_400),
     "new_item_days": (1, 3650),
     "new_item_active_days": (1, 3650),
     "new_item_max_users": (1, 10**9),
