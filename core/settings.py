@@ -70,6 +70,9 @@ class Settings:
     statement_timeout_ms: int = 200
     popular_refresh_s: float = 30.0
     exclude_max: int = 500
+    # How often each reader process re-reads the block rules (rerank_rules and the file):
+    # a new block reaches every answer within this many seconds.
+    blocks_refresh_s: float = 5.0
     # The funnel (issue 3): generators, ranker, re-ranking.
     two_tower_epochs: int = 0  # 0: the model's default
     two_tower_text: int = 1  # 1: the item tower reads MiniLM text embeddings
@@ -193,6 +196,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "statement_timeout_ms": (1, 600_000),
     "popular_refresh_s": (0.1, 86_400),
     "exclude_max": (0, 100_000),
+    "blocks_refresh_s": (0.1, 3600),
     "two_tower_epochs": (0, 1000),
     "two_tower_text": (0, 1),
     "covisit_window": (1, 1000),
