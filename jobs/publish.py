@@ -109,95 +109,380 @@ def write_popular_snapshot(version: str, trending: pd.DataFrame, lake_root: Path
     return path
 
 
+class NotForward(PublishError):
+    """The version is older (by logical date) than the live one: it is not switched to."""
+
+
+PUBLISH_LOCK = "recs_publish"  # one publish at a time
+STAGED_COMMENT = "recs publish: "  # COMMENT on the tables a publish creates (+ version)
+
+
+def _filter_lists(frame: pd.DataFrame, blocked: frozenset[int]) -> tuple[pd.DataFrame, int]:
+    """``frame`` (items and parallel array columns) without the ``blocked`` items."""
+    if not blocked or frame.empty:
+        return frame, 0
+    parallel = [c for c in ("items", "scores", "reasons", "reason_item_ids")
+                if c in frame.columns]
+    removed = 0
+    out = frame.copy()
+    for col in parallel:
+        out[col] = out[col].astype(object)
+    for idx, items in zip(frame.index, frame["items"], strict=True):
+        arr = np.asarray(items)
+        keep = ~np.isin(arr, list(blocked))
+        if keep.all():
+            continue
+        removed += int((~keep).sum())
+        for col in parallel:
+            value = frame.at[idx, col]
+            if isinstance(value, np.ndarray):
+                out.at[idx, col] = value[keep]
+            else:
+                out.at[idx, col] = [v for v, k in zip(value, keep, strict=True) if k]
+    return out, removed
+
+
+def _versions_dates(cur, *versions: str | None) -> dict[str, dt.date | None]:
+    cur.execute("SELECT model_version, logical_date FROM model_runs "
+                "WHERE model_version = ANY(%s)", ([v for v in versions if v],))
+    return dict(cur.fetchall())
+
+
+def _backward(new_date: dt.date | None, live_date: dt.date | None) -> bool:
+    """Whether switching from a live version of ``live_date`` to one of ``new_date`` goes
+    back in time (versions without a logical date are never judged backwards)."""
+    return new_date is not None and live_date is not None and new_date < live_date
+
+
 def run(version: str, *, lists: dict, trending_path: str, popularity_path: str,
         pairs_path: str, keep: int = 2, dsn: str | None = None,
-        lake_root: Path | None = None) -> dict:
+        lake_root: Path | None = None, lock_timeout_ms: int | None = None,
+        switch_budget_s: float | None = None, retire_wait_s: float | None = None) -> dict:
+    """Publish ``version``: checks, COPY, switch (only forward), then retire old versions.
+
+    A version whose logical date is older than the live version's (a backfill) is checked
+    but not loaded nor switched to: it stays 'evaluated' with a message saying so, and
+    nothing live changes. Settings give the lock timeout, switch budget and retire wait
+    when the arguments are None.
+    """
+    from core import settings as settings_mod
+    from jobs import rules as rules_mod
+
+    s = settings_mod.get()
+    lock_timeout_ms = s.publish_lock_timeout_ms if lock_timeout_ms is None else lock_timeout_ms
+    switch_budget_s = s.publish_switch_budget_s if switch_budget_s is None \
+        else switch_budget_s
+    retire_wait_s = s.publish_retire_wait_s if retire_wait_s is None else retire_wait_s
     t0 = time.perf_counter()
     recs = pd.read_parquet(lists["recommendations"])
     sims = pd.read_parquet(lists["similar"])
     trending = _trending_frame(pd.read_parquet(trending_path))
     pairs = pd.read_parquet(pairs_path, columns=["user_id", "item_id"])
-    checks = validate(recs, sims, pairs)
-    frames = {"recommendations": recs, "similar_items": sims, "trending": trending}
     computed_at = dt.datetime.now(dt.UTC)
     suffix = _suffix(version)
     conn = db.connect(dsn)
-    copied = {}
+    copied: dict[str, int] = {}
+    copy_s = 0.0
     try:
-        # 1. Load into fresh, unattached tables (nothing a reader can see yet).
-        with conn, conn.cursor() as cur:
-            cur.execute("SELECT status FROM model_runs WHERE model_version = %s", (version,))
-            row = cur.fetchone()
-            if row is None or row[0] not in ("evaluated", "published"):
-                raise PublishError(f"{version}: status {row[0] if row else 'missing'}; only "
-                                   "an evaluated version that passed the gate is published")
-            t_copy = time.perf_counter()
-            for table, columns in LIST_TABLES.items():
-                new = f"{table}_{suffix}"
-                cur.execute(f"CREATE TABLE {new} (LIKE {table} INCLUDING DEFAULTS)")
-                copied[table] = _copy_frame(cur, new, columns, frames[table], version,
-                                            computed_at)
-                cur.execute(f"ALTER TABLE {new} ADD CONSTRAINT {new}_v CHECK "
-                            f"(model_version = %s)", (version,))
-                cur.execute(f"ALTER TABLE {new} ADD PRIMARY KEY (model_version, {KEYS[table]})")
-            copy_s = time.perf_counter() - t_copy
-            # 2. Check what landed.
-            for table in LIST_TABLES:
-                cur.execute(f"SELECT count(*) FROM {table}_{suffix}")
-                if cur.fetchone()[0] != copied[table]:
-                    raise PublishError(f"{table}: row count differs from the frame")
-        # 3. Switch in one transaction.
-        with conn, conn.cursor() as cur:
-            cur.execute("LOCK TABLE serving_state IN EXCLUSIVE MODE")
-            cur.execute("SELECT live_version, previous_version FROM serving_state")
-            live, previous = cur.fetchone()
-            for table in LIST_TABLES:
-                drop_partitions(cur, table, version)  # a re-run of this version
-                cur.execute(f"ALTER TABLE {table} ATTACH PARTITION {table}_{suffix} "
-                            "FOR VALUES IN (%s)", (version,))
-            new_previous = live if live != version else previous
-            cur.execute("UPDATE serving_state SET live_version = %s, previous_version = %s, "
-                        "switched_at = now()", (version, new_previous))
-            cur.execute("UPDATE model_runs SET status = 'published', published_at = now(), "
-                        "metrics = metrics || %s, artifacts = artifacts || %s "
-                        "WHERE model_version = %s",
-                        (json.dumps({"publish": checks}),
-                         json.dumps({k: lists[k] for k in ("recommendations", "similar")
-                                     if k in lists}), version))
-            # Popularity as of this version, for analysts and the catalog.
-            popularity = pd.read_parquet(popularity_path)
-            cur.execute("CREATE TEMP TABLE pop_stage (item_id BIGINT, popularity FLOAT8) "
-                        "ON COMMIT DROP")
-            db.copy_rows(cur, "pop_stage", ["item_id", "popularity"],
-                         popularity.itertuples(index=False))
-            cur.execute("UPDATE items i SET popularity = p.popularity FROM pop_stage p "
-                        "WHERE i.item_id = p.item_id AND i.popularity <> p.popularity")
-            retired = _retire(cur, keep=keep, protect={version, new_previous})
+        with db.advisory_lock(conn, PUBLISH_LOCK):
+            # 0. What an earlier run left: pending detaches, detached tables, old versions
+            # (housekeeping: waits no longer than a switch's lock).
+            _retire(dsn or s.dsn, keep=keep, wait_s=lock_timeout_ms / 1000)
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT status FROM model_runs WHERE model_version = %s",
+                            (version,))
+                row = cur.fetchone()
+                if row is None or row[0] not in ("evaluated", "published"):
+                    raise PublishError(f"{version}: status {row[0] if row else 'missing'}; "
+                                       "only an evaluated version that passed the gate is "
+                                       "published")
+                cur.execute("SELECT live_version FROM serving_state")
+                live = cur.fetchone()[0]
+                dates = _versions_dates(cur, version, live)
+                blocked = rules_mod.blocked_items(conn, s.rules_file or None)
+            if _backward(dates.get(version), dates.get(live)):
+                return _not_forward(dsn, version, live, dates, validate(recs, sims, pairs))
+            # Block rules hold in every published list (they may have changed since the
+            # lists were computed).
+            recs, n_recs = _filter_lists(recs, blocked)
+            sims, n_sims = _filter_lists(sims, blocked)
+            trending, n_trend = _filter_lists(trending, blocked)
+            checks = validate(recs, sims, pairs)
+            checks["blocked_removed"] = {"recommendations": n_recs, "similar_items": n_sims,
+                                         "trending": n_trend}
+            frames = {"recommendations": recs, "similar_items": sims, "trending": trending}
+            # 1. One transaction: COPY into fresh tables (nothing a reader can see), then
+            # the switch. Any failure, or a lost connection, rolls all of it back.
+            try:
+                with conn, conn.cursor() as cur:
+                    t_copy = time.perf_counter()
+                    for table, columns in LIST_TABLES.items():
+                        new = f"{table}_{suffix}"
+                        cur.execute(f"CREATE TABLE {new} (LIKE {table} INCLUDING DEFAULTS)")
+                        cur.execute(f"COMMENT ON TABLE {new} IS %s",
+                                    (STAGED_COMMENT + version,))
+                        copied[table] = _copy_frame(cur, new, columns, frames[table],
+                                                    version, computed_at)
+                        cur.execute(f"ALTER TABLE {new} ADD CONSTRAINT {new}_v CHECK "
+                                    f"(model_version = %s)", (version,))
+                        cur.execute(f"ALTER TABLE {new} ADD PRIMARY KEY "
+                                    f"(model_version, {KEYS[table]})")
+                    copy_s = time.perf_counter() - t_copy
+                    for table in LIST_TABLES:
+                        cur.execute(f"SELECT count(*) FROM {table}_{suffix}")
+                        if cur.fetchone()[0] != copied[table]:
+                            raise PublishError(f"{table}: row count differs from the frame")
+                    # Popularity as of this version, for analysts and the catalog.
+                    popularity = pd.read_parquet(popularity_path)
+                    cur.execute("CREATE TEMP TABLE pop_stage (item_id BIGINT, "
+                                "popularity FLOAT8) ON COMMIT DROP")
+                    db.copy_rows(cur, "pop_stage", ["item_id", "popularity"],
+                                 popularity.itertuples(index=False))
+                    switch = _switch_with_retries(
+                        cur, version, suffix, checks, lists, lock_timeout_ms,
+                        switch_budget_s)
+            except NotForward:
+                return _not_forward(dsn, version, live, None, checks)
+            # 2. Retire old versions after the switch, without blocking readers.
+            retire = _retire(dsn or s.dsn, keep=keep, wait_s=retire_wait_s)
     finally:
         conn.close()
     write_popular_snapshot(version, trending, lake_root or lake.root())
     rows = sum(copied.values())
-    log.info("published %s: %s rows in %.1fs (COPY %.0f rows/s)", version, copied,
-             time.perf_counter() - t0, rows / max(copy_s, 1e-9))
-    return {"version": version, "rows": copied, "checks": checks, "retired": retired,
-            "copy_rows_per_s": round(rows / max(copy_s, 1e-9), 1)}
+    log.info("published %s: %s rows in %.1fs (COPY %.0f rows/s); %s", version, copied,
+             time.perf_counter() - t0, rows / max(copy_s, 1e-9), retire)
+    return {"version": version, "live": True, "rows": copied, "checks": checks,
+            "switch": switch, "retired": retire["retired"], "retire_pending":
+            retire["pending"], "copy_rows_per_s": round(rows / max(copy_s, 1e-9), 1)}
 
 
-def _retire(cur, keep: int, protect: set[str]) -> list[str]:
-    """Drop the partitions of published versions beyond the newest ``keep``."""
-    cur.execute("""SELECT model_version FROM model_runs WHERE status = 'published'
-                   ORDER BY published_at DESC NULLS LAST, model_version DESC""")
-    versions = [v for (v,) in cur.fetchall()]
-    retired = [v for v in versions[keep:] if v not in protect]
-    for v in retired:
-        for table in LIST_TABLES:
-            drop_partitions(cur, table, v)
-        cur.execute("UPDATE model_runs SET status = 'retired' WHERE model_version = %s", (v,))
-    return retired
+def _not_forward(dsn: str | None, version: str, live: str | None,
+                 dates: dict | None, checks: dict) -> dict:
+    """Record that ``version`` (older than the live one) was not switched to."""
+    with db.transaction(dsn) as cur:
+        if dates is None:
+            cur.execute("SELECT live_version FROM serving_state")
+            live = cur.fetchone()[0]
+            dates = _versions_dates(cur, version, live)
+        message = (f"not live: a backfill of {dates.get(version)}; the live version {live} "
+                   f"is of {dates.get(live)} (versions only switch forward). Its lists are "
+                   "in the lake; nothing was loaded")
+        cur.execute("UPDATE model_runs SET message = %s, metrics = metrics || %s "
+                    "WHERE model_version = %s",
+                    (message, json.dumps({"publish": {**checks, "live": False}}), version))
+    log.warning("%s: %s", version, message)
+    return {"version": version, "live": False, "message": message, "checks": checks,
+            "rows": {}, "retired": [], "retire_pending": []}
+
+
+def _switch_with_retries(cur, version: str, suffix: str, checks: dict, lists: dict,
+                         lock_timeout_ms: int, budget_s: float) -> dict:
+    """The switch inside a savepoint, each lock waited for at most ``lock_timeout_ms``;
+    on a lock timeout the savepoint is rolled back (releasing what it took, so readers
+    never queue behind a waiting switch) and tried again after a back-off, for
+    ``budget_s`` in all. Raises PublishError when the budget runs out (the transaction
+    then rolls back: the old version stays live, nothing staged remains)."""
+    import psycopg2.errors
+
+    start = time.monotonic()
+    tries = 0
+    while True:
+        tries += 1
+        cur.execute("SAVEPOINT recs_switch")
+        cur.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+        try:
+            out = _switch(cur, version, suffix, checks, lists)
+        except psycopg2.errors.LockNotAvailable as exc:
+            cur.execute("ROLLBACK TO SAVEPOINT recs_switch")
+            waited = time.monotonic() - start
+            if waited >= budget_s:
+                raise PublishError(
+                    f"{version}: the switch could not take its locks in {waited:.0f} s "
+                    f"({tries} tries of {lock_timeout_ms} ms; RECS_PUBLISH_SWITCH_BUDGET_S"
+                    f"={budget_s:g}): {str(exc).strip()}; the live version is unchanged"
+                ) from None
+            pause = min(0.25 * 2 ** (tries - 1), 10.0, max(budget_s - waited, 0.0))
+            log.warning("%s: switch try %d hit the lock timeout (%s); again in %.2f s",
+                        version, tries, str(exc).strip(), pause)
+            time.sleep(pause)
+            continue
+        cur.execute("RELEASE SAVEPOINT recs_switch")
+        cur.execute("SET LOCAL lock_timeout = 0")
+        out["tries"] = tries
+        out["seconds"] = round(time.monotonic() - start, 3)
+        return out
+
+
+def _switch(cur, version: str, suffix: str, checks: dict, lists: dict) -> dict:
+    cur.execute("LOCK TABLE serving_state IN EXCLUSIVE MODE")
+    cur.execute("SELECT live_version, previous_version FROM serving_state")
+    live, previous = cur.fetchone()
+    dates = _versions_dates(cur, version, live)
+    if _backward(dates.get(version), dates.get(live)):
+        raise NotForward(version)
+    replaced = []
+    for table, columns in LIST_TABLES.items():
+        old = _partitions(cur, table, version)
+        staged = f"{table}_{suffix}"
+        if any(pending for _, pending in old):
+            raise PublishError(f"{table}: a partition of {version} is being detached; "
+                               "publish it again once its retirement has finished")
+        if old:
+            # A re-run of a version that has lists: replace its rows in place (row locks
+            # only; a DETACH would wait for every reader of the table).
+            part = old[0][0]
+            cols = ", ".join(columns)
+            cur.execute(f"DELETE FROM {part}")
+            cur.execute(f"INSERT INTO {part} ({cols}) SELECT {cols} FROM {staged}")
+            cur.execute(f"DROP TABLE {staged}")
+            replaced.append(table)
+        else:
+            # SHARE UPDATE EXCLUSIVE on the parent: readers neither wait nor block it.
+            cur.execute(f"ALTER TABLE {table} ATTACH PARTITION {staged} "
+                        "FOR VALUES IN (%s)", (version,))
+    new_previous = live if live != version else previous
+    cur.execute("UPDATE serving_state SET live_version = %s, previous_version = %s, "
+                "switched_at = now()", (version, new_previous))
+    cur.execute("UPDATE model_runs SET status = 'published', published_at = now(), "
+                "metrics = metrics || %s, artifacts = artifacts || %s "
+                "WHERE model_version = %s",
+                (json.dumps({"publish": {**checks, "live": True}}),
+                 json.dumps({k: lists[k] for k in ("recommendations", "similar")
+                             if k in lists}), version))
+    cur.execute("UPDATE items i SET popularity = p.popularity FROM pop_stage p "
+                "WHERE i.item_id = p.item_id AND i.popularity <> p.popularity")
+    return {"previous": new_previous, "replaced_in_place": replaced}
+
+
+def _partitions(cur, table: str, version: str | None = None) -> list[tuple[str, bool]]:
+    """(partition name, detach pending) of ``table`` (holding ``version`` when given)."""
+    cur.execute("""SELECT c.oid::regclass::text, i.inhdetachpending,
+                          pg_get_expr(c.relpartbound, c.oid)
+                   FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                   WHERE i.inhparent = %s::regclass ORDER BY 1""", (table,))
+    rows = cur.fetchall()
+    if version is None:
+        return [(name, pending) for name, pending, _ in rows]
+    return [(name, pending) for name, pending, bound in rows
+            if bound == f"FOR VALUES IN ('{version}')"]
+
+
+def _version_of(bound: str) -> str | None:
+    prefix, end = "FOR VALUES IN ('", "')"
+    if bound.startswith(prefix) and bound.endswith(end):
+        return bound[len(prefix):-len(end)]
+    return None
+
+
+def retire(dsn: str | None = None, keep: int | None = None,
+           wait_s: float | None = None) -> dict:
+    """Finish pending detaches, drop left-over tables, retire versions beyond ``keep``."""
+    from core import settings as settings_mod
+
+    s = settings_mod.get()
+    return _retire(dsn or s.dsn, keep=s.keep_versions if keep is None else keep,
+                   wait_s=s.publish_retire_wait_s if wait_s is None else wait_s)
+
+
+def _retire(dsn: str, *, keep: int, wait_s: float) -> dict:
+    """Retire old versions without making any reader wait.
+
+    In autocommit, each lock waited for at most ``wait_s``: (1) partitions left "detach
+    pending" by an earlier run are finalized and dropped; (2) tables a publish created and
+    that are no partition (detached, not dropped) are dropped; (3) versions beyond the
+    newest ``keep`` by logical date (never the live or previous one) are detached with
+    ``DETACH PARTITION ... CONCURRENTLY`` (it waits for the queries that use the table,
+    without blocking new ones) and dropped, and marked 'retired' once all their lists are
+    gone. A detach that runs out of time stays pending and is finished by the next run.
+    """
+    import psycopg2.errors
+
+    conn = db.connect(dsn)
+    conn.autocommit = True
+    retired: list[str] = []
+    pending: list[str] = []
+    waiting: set[str] = set()  # tables with a detach pending (one at a time per table)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SET lock_timeout = {max(1, int(wait_s * 1000))}")
+            # (1) pending detaches.
+            for table in LIST_TABLES:
+                for part, is_pending in _partitions(cur, table):
+                    if not is_pending:
+                        continue
+                    try:
+                        cur.execute(f"ALTER TABLE {table} DETACH PARTITION {part} FINALIZE")
+                        cur.execute(f"DROP TABLE IF EXISTS {part}")
+                    except (psycopg2.errors.LockNotAvailable,
+                            psycopg2.errors.UndefinedTable) as exc:
+                        log.warning("%s: finishing the detach of %s waits: %s", table, part,
+                                    str(exc).strip())
+                        pending.append(part)
+                        waiting.add(table)
+            # (2) tables a publish made that are no partition (detached, not dropped).
+            cur.execute("""SELECT c.oid::regclass::text FROM pg_class c
+                           JOIN pg_namespace n ON n.oid = c.relnamespace
+                           WHERE n.nspname = current_schema() AND c.relkind = 'r'
+                             AND NOT c.relispartition
+                             AND obj_description(c.oid, 'pg_class') LIKE %s""",
+                        (STAGED_COMMENT + "%",))
+            for (name,) in cur.fetchall():
+                try:
+                    cur.execute(f"DROP TABLE IF EXISTS {name}")
+                except psycopg2.errors.LockNotAvailable:
+                    pending.append(name)
+            # (3) versions beyond the newest ``keep`` by logical date.
+            cur.execute("SELECT live_version, previous_version FROM serving_state")
+            live, previous = cur.fetchone()
+            parts: dict[str, list[tuple[str, str]]] = {}
+            for table in LIST_TABLES:
+                cur.execute("""SELECT c.oid::regclass::text, pg_get_expr(c.relpartbound, c.oid)
+                               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                               WHERE i.inhparent = %s::regclass AND NOT i.inhdetachpending""",
+                            (table,))
+                for name, bound in cur.fetchall():
+                    v = _version_of(bound)
+                    if v is not None:
+                        parts.setdefault(v, []).append((table, name))
+            cur.execute("""SELECT model_version FROM model_runs
+                           WHERE model_version = ANY(%s) OR status = 'published'
+                           ORDER BY logical_date DESC NULLS LAST,
+                                    published_at DESC NULLS LAST, model_version DESC""",
+                        (list(parts),))
+            versions = [v for (v,) in cur.fetchall()]
+            versions += sorted(set(parts) - set(versions))  # lists without a model run
+            for v in versions[keep:]:
+                if v in (live, previous):
+                    continue
+                done = True
+                for table, name in parts.get(v, []):
+                    if waiting:  # a query holds the tables: the next run goes on
+                        done = False
+                        break
+                    try:
+                        cur.execute(f"ALTER TABLE {table} DETACH PARTITION {name} "
+                                    "CONCURRENTLY")
+                        cur.execute(f"DROP TABLE IF EXISTS {name}")
+                    except (psycopg2.errors.LockNotAvailable,
+                            psycopg2.errors.ObjectNotInPrerequisiteState) as exc:
+                        log.warning("%s: detaching %s waits (%s); the next run finishes it",
+                                    table, name, str(exc).strip())
+                        pending.append(name)
+                        waiting.add(table)
+                        done = False
+                if done:
+                    cur.execute("UPDATE model_runs SET status = 'retired' "
+                                "WHERE model_version = %s AND status = 'published'", (v,))
+                    retired.append(v)
+    finally:
+        conn.close()
+    return {"retired": retired, "pending": pending}
 
 
 def drop_partitions(cur, table: str, version: str) -> None:
-    """Detach and drop ``table``'s partition(s) holding ``version``."""
+    """Detach and drop ``table``'s partition(s) holding ``version`` inside the caller's
+    transaction (takes ACCESS EXCLUSIVE on ``table``: for tests and maintenance, not for
+    the publish path, which never does this while readers run)."""
     cur.execute("""SELECT c.relname FROM pg_inherits i
                    JOIN pg_class c ON c.oid = i.inhrelid
                    WHERE i.inhparent = %s::regclass

@@ -225,3 +225,51 @@ def load(conn=None, path: Path | str | None = None,
         rows += read_file(path)
     return build(rows, item_tags)
 
+
+
+def blocked_item_ids(rows: Sequence[Row], items: Iterable[tuple[int, object, object]]
+                     ) -> frozenset[int]:
+    """Item ids that the block rules of ``rows`` keep out of every list (pure compute).
+
+    ``items``: (item_id, category, tags) of the catalog. ``block_item`` ids count whether
+    or not the catalog knows them; ``block_category`` matches the category exactly,
+    ``block_tag`` any tag case-insensitively (as the re-ranker does).
+    """
+    out = {int(v) for k, v, _ in rows if k == "block_item"}
+    cats = {v for k, v, _ in rows if k == "block_category"}
+    tags = frozenset(v.strip().casefold() for k, v, _ in rows if k == "block_tag")
+    if cats or tags:
+        for item_id, category, item_tags in items:
+            if category in cats or any(t.strip().casefold() in tags
+                                       for t in _tag_list(item_tags)):
+                out.add(int(item_id))
+    return frozenset(out)
+
+
+def blocked_items(conn, path: Path | str | None = None) -> frozenset[int]:
+    """Ids of the items the ``rerank_rules`` table and the file at ``path`` block,
+    resolved against the catalog (``items``). ``conn``: a psycopg2 connection (the
+    caller's transaction is used; nothing is committed)."""
+    rows = read_table(conn)
+    if path is not None and str(path):
+        rows += read_file(path)
+    if not any(k in ("block_category", "block_tag") for k, _, _ in rows):
+        return blocked_item_ids(rows, [])
+    cats = [v for k, v, _ in rows if k == "block_category"]
+    with conn.cursor() as cur:
+        # Candidates only (the category index; a tag's case is checked in Python).
+        cur.execute("SELECT item_id, category, tags FROM items WHERE category = ANY(%s) "
+                    "OR cardinality(tags) > 0", (cats,))
+        catalog = cur.fetchall()
+    return blocked_item_ids(rows, catalog)
+
+
+def drop_blocked(items: Sequence[int], *parallel: Sequence, blocked: frozenset[int]
+                 ) -> tuple[list, ...]:
+    """``items`` and its parallel sequences (scores, reasons, ...) without the blocked
+    items, as lists; a sequence given as None stays None."""
+    keep = [i for i, item in enumerate(items) if int(item) not in blocked]
+    out: list = [[items[i] for i in keep]]
+    for seq in parallel:
+        out.append(None if seq is None else [seq[i] for i in keep])
+    return tuple(out)

@@ -116,10 +116,11 @@ def test_validate_rejects_duplicates_consumed_items_and_low_coverage():
         publish.validate(recs.iloc[:1], sims, pairs)
 
 
-def _stage(tmp_path, version: str, dsn: str, items=((1, 2), (3, 1))):
+def _stage(tmp_path, version: str, dsn: str, items=((1, 2), (3, 1)),
+           logical_date: dt.date | None = None):
     recs, sims, pairs = _frames(items=items)
     d = tmp_path / version
-    d.mkdir()
+    d.mkdir(exist_ok=True)
     recs.to_parquet(d / "recs.parquet")
     sims.to_parquet(d / "sims.parquet")
     pairs.to_parquet(d / "pairs.parquet")
@@ -128,9 +129,9 @@ def _stage(tmp_path, version: str, dsn: str, items=((1, 2), (3, 1))):
                  ).to_parquet(d / "trending.parquet")
     pd.DataFrame({"item_id": [1, 2], "popularity": [2.0, 1.0]}).to_parquet(d / "pop.parquet")
     with db.transaction(dsn) as cur:
-        cur.execute("INSERT INTO model_runs (model_version, status, metrics) VALUES "
-                    "(%s, 'evaluated', %s) ON CONFLICT (model_version) DO NOTHING",
-                    (version, json.dumps({})))
+        cur.execute("INSERT INTO model_runs (model_version, status, metrics, logical_date) "
+                    "VALUES (%s, 'evaluated', %s, %s) ON CONFLICT (model_version) DO NOTHING",
+                    (version, json.dumps({}), logical_date))
     return dict(lists={"recommendations": str(d / "recs.parquet"),
                        "similar": str(d / "sims.parquet")},
                 trending_path=str(d / "trending.parquet"),
@@ -188,3 +189,103 @@ def test_publish_refuses_a_version_that_did_not_pass_the_gate(settings, tmp_path
         assert cur.fetchone()[0] is None
         cur.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'recommendations_v9%'")
         assert cur.fetchone()[0] == 0
+
+
+def _sql(dsn: str, query: str, params=()):
+    with db.transaction(dsn) as cur:
+        cur.execute(query, params)
+        return cur.fetchall() if cur.description else None
+
+
+def _staged_tables(dsn: str) -> list[str]:
+    """Tables of the list tables' shape that are no partition (what a publish stages)."""
+    return [r[0] for r in _sql(dsn, """
+        SELECT c.relname FROM pg_class c
+        WHERE c.relkind = 'r' AND NOT c.relispartition
+          AND c.relname ~ '^(recommendations|similar_items|trending)_'""")]
+
+
+def test_a_backfill_of_older_dates_neither_goes_live_nor_retires_the_live_version(
+        settings, tmp_path):
+    dsn = settings.dsn
+    day = dt.date(2026, 10, 31)
+    _sql(dsn, "INSERT INTO items (item_id, title) VALUES (1, 'One'), (2, 'Two'), (3, 'Tri')")
+    publish.run("vD", dsn=dsn, lake_root=tmp_path / "lake", keep=2,
+                **_stage(tmp_path, "vD", dsn, items=((1, 2), (3, 1)), logical_date=day))
+    # Backfill D-2, then D-1 (their lists differ from D's).
+    for n, v in ((2, "vDm2"), (1, "vDm1")):
+        out = publish.run(v, dsn=dsn, lake_root=tmp_path / "lake", keep=2,
+                          **_stage(tmp_path, v, dsn, items=((2, 3), (2, 3)),
+                                   logical_date=day - dt.timedelta(days=n)))
+        assert _sql(dsn, "SELECT live_version FROM serving_state") == [("vD",)]
+        assert out["live"] is False and "backfill" in out["message"]
+    assert _sql(dsn, "SELECT user_id, array_agg(item_id ORDER BY rank) FROM "
+                     "live_recommendations GROUP BY 1 ORDER BY 1") == [(10, [1, 2]), (11, [3, 1])]
+    assert _sql(dsn, "SELECT model_version, status, message LIKE 'not live: a backfill%%' "
+                     "FROM model_runs ORDER BY 1") == [
+        ("vD", "published", None), ("vDm1", "evaluated", True), ("vDm2", "evaluated", True)]
+    # Nothing of the backfills was loaded, nothing staged is left, D keeps its lists.
+    assert _partitions(dsn, "recommendations") == ["FOR VALUES IN ('vD')"]
+    assert _staged_tables(dsn) == []
+    snapshot = json.loads((tmp_path / "lake" / "serving" / "popular.json").read_text())
+    assert snapshot["model_version"] == "vD"
+    # Retirement goes by logical date: a newer date published later still switches and
+    # keeps D as the previous version.
+    publish.run("vDp1", dsn=dsn, lake_root=tmp_path / "lake", keep=2,
+                **_stage(tmp_path, "vDp1", dsn, logical_date=day + dt.timedelta(days=1)))
+    assert _sql(dsn, "SELECT live_version, previous_version FROM serving_state") == [
+        ("vDp1", "vD")]
+
+
+def test_retirement_keeps_the_newest_logical_dates_not_the_newest_publishes(
+        settings, tmp_path):
+    dsn = settings.dsn
+    day = dt.date(2026, 10, 31)
+    _sql(dsn, "INSERT INTO items (item_id, title) VALUES (1, 'One'), (2, 'Two'), (3, 'Tri')")
+    for v, n in (("vA", 0), ("vB", 1), ("vC", 2)):
+        publish.run(v, dsn=dsn, lake_root=tmp_path / "lake", keep=2,
+                    **_stage(tmp_path, v, dsn, logical_date=day + dt.timedelta(days=n)))
+    # vA was retired by vC's publish; re-running vB (older than the live vC) changes
+    # nothing, and vB stays as the previous version.
+    assert _sql(dsn, "SELECT model_version, status FROM model_runs ORDER BY 1") == [
+        ("vA", "retired"), ("vB", "published"), ("vC", "published")]
+    publish.run("vB", dsn=dsn, lake_root=tmp_path / "lake", keep=2,
+                **_stage(tmp_path, "vB", dsn, logical_date=day + dt.timedelta(days=1)))
+    assert _sql(dsn, "SELECT live_version, previous_version FROM serving_state") == [
+        ("vC", "vB")]
+    assert _partitions(dsn, "recommendations") == ["FOR VALUES IN ('vB')",
+                                                   "FOR VALUES IN ('vC')"]
+
+
+def test_a_publish_that_fails_mid_copy_leaves_nothing_staged(settings, tmp_path):
+    dsn = settings.dsn
+    _sql(dsn, "INSERT INTO items (item_id, title) VALUES (1, 'One'), (2, 'Two'), (3, 'Tri')")
+    publish.run("v1", dsn=dsn, lake_root=tmp_path / "lake",
+                **_stage(tmp_path, "v1", dsn, logical_date=DAY))
+    args = _stage(tmp_path, "v2", dsn, logical_date=DAY + dt.timedelta(days=1))
+    # Bad data that only the database refuses, in the second table's COPY: a NUL byte
+    # in a similar list's reason.
+    sims = pd.read_parquet(args["lists"]["similar"])
+    sims.at[1, "reasons"] = ["Similar to \x00Two"]
+    sims.to_parquet(args["lists"]["similar"])
+    with pytest.raises(Exception, match="0x00"):
+        publish.run("v2", dsn=dsn, lake_root=tmp_path / "lake", **args)
+    assert _staged_tables(dsn) == []
+    assert _partitions(dsn, "recommendations") == ["FOR VALUES IN ('v1')"]
+    assert _sql(dsn, "SELECT live_version FROM serving_state") == [("v1",)]
+    # A switch that cannot take its locks gives up within its budget, leaving nothing.
+    args = _stage(tmp_path, "v2", dsn, logical_date=DAY + dt.timedelta(days=1))
+    holder = db.connect(dsn)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE serving_state IN SHARE MODE")  # as a stuck writer
+            with pytest.raises(publish.PublishError, match="could not take its locks"):
+                publish.run("v2", dsn=dsn, lake_root=tmp_path / "lake", lock_timeout_ms=100,
+                            switch_budget_s=1.0, **args)
+    finally:
+        holder.close()
+    assert _staged_tables(dsn) == []
+    assert _sql(dsn, "SELECT live_version FROM serving_state") == [("v1",)]
+    publish.run("v2", dsn=dsn, lake_root=tmp_path / "lake", **args)
+    assert _sql(dsn, "SELECT live_version FROM serving_state") == [("v2",)]
+    assert _staged_tables(dsn) == []
