@@ -322,87 +322,171 @@ def funnel_lists(live: LiveVersion, pairs: pd.DataFrame, user_ids: np.ndarray,
     return lists.drop(columns=["sources"])
 
 
-def run(until: dt.datetime | None = None, *, dsn: str | None = None,
-        lookback: dt.timedelta = LOOKBACK) -> dict:
-    """One nearline pass up to ``until`` (the run's data interval end; None: now)."""
-    from jobs.build_index import load_index
-    from jobs.precompute import personalized_lists
-    from jobs.train_als import Factors, load_factors
-    from models.confidence import aggregate_pairs
+def _watermark_row(cur) -> tuple[dt.datetime | None, str | None, dict]:
+    cur.execute("SELECT value, model_version, details FROM pipeline_watermarks "
+                "WHERE name = %s", (NAME,))
+    row = cur.fetchone()
+    return (row[0], row[1], row[2] or {}) if row else (None, None, {})
 
+
+def _parse_time(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+def run(until: dt.datetime | None = None, *, dsn: str | None = None,
+        lookback: dt.timedelta = LOOKBACK, chunk_users: int | None = None,
+        budget_s: float | None = None) -> dict:
+    """One nearline pass up to ``until`` (the run's data interval end; None: now).
+
+    The run first fixes its window ``(lo, hi]`` of arrival times and the users with
+    events in it, then processes those users in ascending id order, ``chunk_users``
+    (``RECS_NEARLINE_CHUNK_USERS``) per transaction. Each chunk's transaction writes the
+    chunk's lists and vectors together with the watermark: after the last chunk the
+    watermark's value becomes ``hi``; before it, the value stays ``lo`` and ``details``
+    holds ``pending`` (the window, its version, and the last user id done). A run that
+    finds ``pending`` resumes that window after that user, so a run that is killed, fails
+    or stops for its budget loses no event and processes no user twice. No chunk starts
+    after ``budget_s`` (``RECS_NEARLINE_BUDGET_S``) seconds; the next run goes on. A
+    version switch between chunks ends the run (the next one catches the new version up).
+    """
+    from core import settings as settings_mod
+    from jobs import rules as rules_mod
+    from jobs.train_als import load_factors
+
+    s = settings_mod.get()
+    chunk_users = int(chunk_users or s.nearline_chunk_users)
+    budget_s = s.nearline_budget_s if budget_s is None else float(budget_s)
     t0 = time.perf_counter()
     conn = db.connect(dsn)
     try:
-        with conn, conn.cursor() as cur:  # one transaction: lists and watermark together
+        # 1. The window: the pending one of an earlier run, or a new one up to now.
+        with conn, conn.cursor() as cur:
             cur.execute(LIVE_LISTS_LOCK)  # before the cut: a run waiting here cuts later
-            hi = safe_until(cur, until)
-            lo, wm_version = read_watermark(cur, NAME)
-            if lo is not None:
-                hi = max(hi, lo)
+            value, wm_version, details = _watermark_row(cur)
             live = live_version(cur)
+            pending = details.get("pending")
+            if pending and live is not None and pending.get("version") == live.version:
+                lo, hi = _parse_time(pending.get("from")), _parse_time(pending["to"])
+                after, catch_up = int(pending["last_user"]), bool(pending["catch_up"])
+            else:
+                lo, after = value, None
+                hi = safe_until(cur, until)
+                if lo is not None:
+                    hi = max(hi, lo)
+                catch_up = bool(live and wm_version != live.version)
             summary: dict[str, Any] = {
                 "version": live.version if live else None, "from": to_utc_iso(lo),
                 "to": to_utc_iso(hi), "users_changed": 0, "users_updated": 0,
                 "users_without_known_items": 0, "events_read": 0,
-                "version_catch_up": bool(live and wm_version != live.version)}
+                "version_catch_up": catch_up, "resumed_after_user": after, "chunks": 0,
+                "chunk_users": chunk_users, "users_left": 0}
             if live is None:
                 write_watermark(cur, NAME, hi, None, summary)
                 summary["seconds"] = round(time.perf_counter() - t0, 3)
                 return summary
-            users = changed_users(cur, lo, hi,
-                                  live.data_end if wm_version != live.version else None,
+            users = changed_users(cur, lo, hi, live.data_end if catch_up else None,
                                   lookback)
+            if after is not None:
+                users = users[users > after]
             summary["users_changed"] = int(len(users))
-            if len(users):
-                window = int(live.param("window_days", 0) or 0)
-                events = user_events(cur, users, hi,
-                                     hi - dt.timedelta(days=window) if window else None)
-                summary["events_read"] = int(len(events))
-                pairs = aggregate_pairs(events)
-                factors = load_factors(live.factors_dir)
-                user_ids, vectors = fold_in(pairs, factors.item_ids, factors.item_factors,
-                                            float(live.param("als_reg", 0.1)),
-                                            float(live.param("als_alpha", 2.0)))
-                summary["users_without_known_items"] = int(len(users) - len(user_ids))
-                if len(user_ids) and live.has_funnel:
-                    t_lists = time.perf_counter()
-                    lists = funnel_lists(live, pairs, user_ids, vectors, hi,
-                                         int(live.param("top_k", 100)), timings=summary)
-                    summary["path"] = f"funnel ({live.model})"
-                    summary["seconds_per_user"] = round(
-                        (time.perf_counter() - t_lists) / len(user_ids), 4)
-                elif len(user_ids):
-                    summary["path"] = "als (version without funnel artefacts)"
-                    index = load_index(live.index_dir / "items_ip.faiss")
-                    if index.ntotal != len(factors.item_ids):
-                        raise RuntimeError(f"{live.index_dir}: index has {index.ntotal} "
-                                           f"items, factors {len(factors.item_ids)}")
-                    cur.execute("SELECT item_id, title FROM items WHERE item_id = ANY(%s)",
-                                ([int(i) for i in pairs["item_id"].unique()],))
-                    titles = pd.Series(dict(cur.fetchall()), dtype="object")
-                    folded = Factors(user_ids, vectors, factors.item_ids,
-                                     factors.item_factors)
-                    lists = personalized_lists(folded, index, pairs, titles,
-                                               int(live.param("top_k", 100)))
-                if len(user_ids):
-                    part = partition_of(cur, "recommendations", live.version)
-                    cur.execute(f"SELECT user_id, items, scores, reasons, reason_item_ids "
-                                f"FROM {part} WHERE user_id = ANY(%s)",
-                                ([int(u) for u in user_ids],))
-                    old = {r[0]: r[1:] for r in cur.fetchall()}
-                    consumed = pairs.groupby("user_id")["item_id"].apply(set).to_dict()
-                    lists = keep_new_slots(lists, old, consumed)
-                    summary["users_updated"] = upsert_lists(
-                        cur, "recommendations", "user_id", live.version,
-                        list(lists.itertuples(index=False, name=None)),
-                        ["items", "scores", "reasons", "reason_item_ids", "history_tail"])
-                    _upsert_user_vectors(cur, f"als:{live.version}", user_ids, vectors)
-            summary["seconds"] = round(time.perf_counter() - t0, 3)
-            write_watermark(cur, NAME, hi, live.version, summary)
+            blocked = rules_mod.blocked_items(conn, s.rules_file or None)
+            if not len(users):
+                summary["seconds"] = round(time.perf_counter() - t0, 3)
+                write_watermark(cur, NAME, hi, live.version, summary)
+                log.info("nearline %s: %s", summary["version"], summary)
+                return summary
+        # 2. The users in chunks, each chunk with its progress in one transaction.
+        factors = load_factors(live.factors_dir)
+        lists_s = 0.0
+        for start in range(0, len(users), chunk_users):
+            if start and time.perf_counter() - t0 >= budget_s:
+                summary["users_left"] = int(len(users) - start)
+                log.warning("nearline: budget of %.0f s spent; %d users left to the next "
+                            "run", budget_s, len(users) - start)
+                break
+            chunk = users[start:start + chunk_users]
+            with conn, conn.cursor() as cur:
+                cur.execute(LIVE_LISTS_LOCK)
+                now = live_version(cur)
+                if now is None or now.version != live.version:
+                    summary["users_left"] = int(len(users) - start)
+                    summary["stopped_by_switch"] = now.version if now else None
+                    break  # nothing written: the next run catches the new version up
+                t_chunk = time.perf_counter()
+                _refresh_users(cur, live, chunk, hi, factors, blocked, summary)
+                lists_s += time.perf_counter() - t_chunk
+                summary["chunks"] += 1
+                summary["seconds"] = round(time.perf_counter() - t0, 3)
+                if start + chunk_users >= len(users):
+                    write_watermark(cur, NAME, hi, live.version, summary)
+                else:
+                    progress = {"from": to_utc_iso(lo), "to": to_utc_iso(hi),
+                                "version": live.version, "catch_up": catch_up,
+                                "last_user": int(chunk[-1])}
+                    write_watermark(cur, NAME, lo if lo is not None else hi, wm_version,
+                                    {**summary, "pending": progress})
+        if summary["users_updated"]:
+            summary["seconds_per_user"] = round(lists_s / summary["users_updated"], 4)
     finally:
         conn.close()
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
     log.info("nearline %s: %s", summary["version"], summary)
     return summary
+
+
+def _refresh_users(cur, live: LiveVersion, users: np.ndarray, hi: dt.datetime, factors,
+                   blocked: frozenset[int], summary: dict) -> None:
+    """Fold ``users`` in and rewrite their lists in the live version (caller's
+    transaction); counts go into ``summary``."""
+    from jobs.build_index import load_index
+    from jobs.precompute import personalized_lists
+    from jobs.rules import drop_blocked
+    from jobs.train_als import Factors
+    from models.confidence import aggregate_pairs
+
+    window = int(live.param("window_days", 0) or 0)
+    events = user_events(cur, users, hi, hi - dt.timedelta(days=window) if window else None)
+    summary["events_read"] += int(len(events))
+    pairs = aggregate_pairs(events)
+    user_ids, vectors = fold_in(pairs, factors.item_ids, factors.item_factors,
+                                float(live.param("als_reg", 0.1)),
+                                float(live.param("als_alpha", 2.0)))
+    summary["users_without_known_items"] += int(len(users) - len(user_ids))
+    if not len(user_ids):
+        return
+    if live.has_funnel:
+        lists = funnel_lists(live, pairs, user_ids, vectors, hi,
+                             int(live.param("top_k", 100)), timings=summary)
+        summary["path"] = f"funnel ({live.model})"
+    else:
+        summary["path"] = "als (version without funnel artefacts)"
+        index = load_index(live.index_dir / "items_ip.faiss")
+        if index.ntotal != len(factors.item_ids):
+            raise RuntimeError(f"{live.index_dir}: index has {index.ntotal} "
+                               f"items, factors {len(factors.item_ids)}")
+        cur.execute("SELECT item_id, title FROM items WHERE item_id = ANY(%s)",
+                    ([int(i) for i in pairs["item_id"].unique()],))
+        titles = pd.Series(dict(cur.fetchall()), dtype="object")
+        folded = Factors(user_ids, vectors, factors.item_ids, factors.item_factors)
+        lists = personalized_lists(folded, index, pairs, titles,
+                                   int(live.param("top_k", 100)))
+    part = partition_of(cur, "recommendations", live.version)
+    cur.execute(f"SELECT user_id, items, scores, reasons, reason_item_ids "
+                f"FROM {part} WHERE user_id = ANY(%s)", ([int(u) for u in user_ids],))
+    old = {r[0]: r[1:] for r in cur.fetchall()}
+    consumed = pairs.groupby("user_id")["item_id"].apply(set).to_dict()
+    lists = keep_new_slots(lists, old, consumed)
+    rows = []
+    for user, items, scores, reasons, rids, tail in lists.itertuples(index=False, name=None):
+        # Block rules hold for carried-over slots too (and rules changed since the
+        # version's lists were computed).
+        items, scores, reasons, rids = drop_blocked(items, scores, reasons, rids,
+                                                    blocked=blocked)
+        rows.append((user, items, scores, reasons, rids, tail))
+    summary["users_updated"] += upsert_lists(
+        cur, "recommendations", "user_id", live.version, rows,
+        ["items", "scores", "reasons", "reason_item_ids", "history_tail"])
+    _upsert_user_vectors(cur, f"als:{live.version}", user_ids, vectors)
 
 
 def _upsert_user_vectors(cur, model_ver: str, user_ids: np.ndarray,
@@ -414,3 +498,22 @@ def _upsert_user_vectors(cur, model_ver: str, user_ids: np.ndarray,
         "SET vector = EXCLUDED.vector, updated_at = EXCLUDED.updated_at",
         [(int(u), v.tolist(), model_ver) for u, v in zip(user_ids, vectors, strict=True)],
         template="(%s, 'user', %s, %s, now())", page_size=1000)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m jobs.nearline [--until ISO]``: one pass; prints its summary as JSON."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m jobs.nearline", description=__doc__
+                                     .split("\n")[0])
+    parser.add_argument("--until", type=dt.datetime.fromisoformat, default=None,
+                        help="end of the data interval (ISO time with zone); default now")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    print(json.dumps(run(args.until), default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
