@@ -7,36 +7,49 @@ never appears in a log line, an error message or a metric.
 Stored keys (serve/apikeys.py) are cached per worker for ``ttl_s`` (5 s): a revocation
 takes effect within that time. While the database is unreachable, keys already seen keep
 working from the cache; a key never seen gets 503 (it cannot be checked).
+
+Each authenticated key draws from a token bucket of its own in each worker process
+(``key_burst`` requests at once, refilled at ``key_rate_per_s``; 0 disables): over it, the
+answer is 429 with ``Retry-After`` and ``recs_rate_limited_total{scope}`` counts it. The
+limit is per process, so a server of N workers lets a key through at up to N times it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections import OrderedDict
 
 import psycopg2
-from flask import g, request
+from flask import current_app, g, request
 
 from serve import apikeys
 from serve.apikeys import KeyRecord
-from serve.errors import ApiError, forbidden, unauthorized, unavailable
+from serve.errors import ApiError, forbidden, rate_limited, unauthorized, unavailable
 from serve.store import DatabaseUnavailable, Store
 
 log = logging.getLogger(__name__)
 
 KEY_TTL_S = 5.0
 MAX_CACHED = 10_000
+MAX_BUCKETS = 10_000  # rate-limit buckets per process (keys seen recently)
 
 _TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = {"0", "false", "no", "off"}
 
 
-def flag(value: object, name: str) -> bool:
-    """A boolean setting given as a bool or a string (``true``/``false``, ``1``/``0``)."""
+def flag(value: object, name: str, default: bool) -> bool:
+    """A boolean setting given as a bool or a string (``true``/``false``, ``1``/``0``);
+    None, an empty or blank string mean ``default`` (``RECS_X=`` is "not set")."""
     if isinstance(value, bool):
         return value
+    if value is None:
+        return default
     text = str(value).strip().lower()
+    if not text:
+        return default
     if text in _TRUE:
         return True
     if text in _FALSE:
@@ -75,6 +88,58 @@ class KeyCache:
         return record
 
 
+class TokenBuckets:
+    """A token bucket per key id: ``burst`` tokens, refilled at ``rate_per_s``.
+
+    At most ``max_buckets`` are kept: when full, the least recently used bucket goes (a
+    key seen again starts with a full bucket, as a key not seen for burst / rate seconds
+    would have anyway).
+    """
+
+    def __init__(self, rate_per_s: float, burst: int, max_buckets: int = MAX_BUCKETS,
+                 clock=time.monotonic) -> None:
+        self.rate = float(rate_per_s)
+        self.burst = float(burst)
+        self.max_buckets = max_buckets
+        self.clock = clock
+        self._buckets: OrderedDict[int, tuple[float, float]] = OrderedDict()  # tokens, at
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key_id: int) -> float:
+        """Take one token for ``key_id``: 0.0 if there was one, else the seconds until
+        there will be one (nothing taken)."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        with self._lock:
+            hit = self._buckets.pop(key_id, None)
+            if hit is None:
+                tokens = self.burst
+                while len(self._buckets) >= self.max_buckets:
+                    self._buckets.popitem(last=False)
+            else:
+                tokens = min(self.burst, hit[0] + (now - hit[1]) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key_id] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key_id] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+
+def _buckets() -> TokenBuckets:
+    """This app's buckets (one set per worker process), built from its settings."""
+    ext = current_app.extensions
+    buckets = ext.get("recs_rate")
+    if buckets is None:
+        settings = ext["recs"].settings
+        buckets = ext.setdefault("recs_rate", TokenBuckets(settings.key_rate_per_s,
+                                                           settings.key_burst))
+    return buckets
+
+
 def presented_key() -> str | None:
     """The key in ``X-API-Key`` or ``Authorization: Bearer``, if any."""
     raw = request.headers.get("X-API-Key")
@@ -87,7 +152,8 @@ def presented_key() -> str | None:
 
 
 def require(scope: str, cache: KeyCache, metrics) -> KeyRecord:
-    """The request's key if it grants ``scope``; raises the 401/403/503 ApiError."""
+    """The request's key if it grants ``scope``; raises the 401/403/429/503 ApiError.
+    Sets ``g.api_key_id`` (the key's id, recorded with the events it posts)."""
 
     def refuse(reason: str, error: ApiError) -> ApiError:
         metrics.inc("recs_auth_failures_total", reason=reason)
@@ -113,6 +179,10 @@ def require(scope: str, cache: KeyCache, metrics) -> KeyRecord:
         raise refuse("invalid", unauthorized("invalid API key"))
     if record.revoked:
         raise refuse("revoked", unauthorized("this API key was revoked"))
+    wait = _buckets().take(record.id)
+    if wait > 0:
+        metrics.inc("recs_rate_limited_total", scope=scope)
+        raise rate_limited(math.ceil(wait))
     if not record.grants(scope):
         raise refuse("scope", forbidden(f"this API key lacks the {scope!r} scope"))
     g.api_key_id = record.id

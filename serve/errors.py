@@ -22,6 +22,7 @@ _CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "unprocessable",
+    429: "rate_limited",
     500: "internal",
     503: "unavailable",
 }
@@ -59,6 +60,14 @@ def unauthorized(message: str) -> ApiError:
 def forbidden(message: str) -> ApiError:
     """A 403: a valid API key without the scope the endpoint needs."""
     return ApiError(403, "forbidden", message, "X-API-Key")
+
+
+def rate_limited(retry_after_s: int) -> ApiError:
+    """A 429: the key is over its rate; ``Retry-After`` says when one request fits."""
+    wait = max(1, int(retry_after_s))
+    return ApiError(429, "rate_limited",
+                    f"this API key is over its request rate; retry after {wait} s",
+                    "X-API-Key", {"Retry-After": str(wait)})
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None,

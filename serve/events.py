@@ -4,11 +4,16 @@ Needs an API key with the ``events`` scope (unless ``RECS_EVENTS_KEY_REQUIRED=fa
 The reply is 201 ``{"stored": n, "duplicates": m}`` only after the commit; events with
 an ``event_id`` are stored under a stable hash of it, so a retried batch is stored once.
 While the database is down the reply is 503 with ``Retry-After``: nothing was stored.
+
+Events must be timed within the accepted window (settings ``event_max_age_days``,
+``event_max_ahead_days``): one event outside it refuses the batch with 422. Each stored
+row records the id of the key that sent it (``interactions.key_id``). A body the JSON
+parser cannot take (malformed, nested too deep for it) is a 400, never a 500.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.exceptions import BadRequest
 
 from serve import validation
@@ -32,14 +37,21 @@ def post_events() -> Response:
     except BadRequest:
         svc.metrics.inc("recs_events_total", outcome="rejected")
         raise bad_request(None, "the body is not valid JSON", code="invalid_json") from None
+    except RecursionError:  # the parser's own limit: ~1,000 levels of [ or {
+        svc.metrics.inc("recs_events_total", outcome="rejected")
+        raise bad_request(None, "the body is nested too deeply", code="invalid_json") \
+            from None
+    s = svc.settings
     try:
-        events = validation.event_body(body)
+        events = validation.event_body(
+            body, window=validation.Window.of_days(s.event_max_age_days,
+                                                   s.event_max_ahead_days),
+            key_id=g.get("api_key_id"))
     except ApiError:
         svc.metrics.inc("recs_events_total", outcome="rejected")
         raise
-    days = {e.timestamp.date() for e in events}
     try:
-        stored = svc.store.insert_events([e.row() for e in events], days)
+        stored = svc.store.insert_events([e.row() for e in events])
     except DatabaseUnavailable:
         svc.metrics.inc("recs_events_total", len(events), outcome="unavailable")
         raise unavailable() from None

@@ -18,6 +18,12 @@ Metrics:
   ``missing_list``
 - ``recs_events_total{outcome}``: ``stored``, ``duplicate``, ``rejected``, ``unavailable``
 - ``recs_auth_failures_total{reason}``: ``missing``, ``invalid``, ``revoked``, ``scope``
+- ``recs_rate_limited_total{scope}``: requests refused (429) for their key's rate
+
+Every label value comes from a fixed set, never from the request as sent: ``endpoint`` is
+the matched route's pattern (``unmatched`` otherwise), ``method`` one of
+:data:`METHODS` or ``other`` (any ``method`` label is mapped so when recorded), ``status``
+a code the app answered, the others names chosen by the code. So no request adds series.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ log = logging.getLogger(__name__)
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 DUMP_EVERY_S = 1.0
+METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
 
 HELP = {
     "recs_http_requests_total": ("counter", "HTTP requests answered"),
@@ -43,6 +50,7 @@ HELP = {
     "recs_fallbacks_total": ("counter", "Read answers not from the live version's list"),
     "recs_events_total": ("counter", "Posted events by outcome"),
     "recs_auth_failures_total": ("counter", "Requests refused for their API key"),
+    "recs_rate_limited_total": ("counter", "Requests refused (429) for their API key's rate"),
 }
 
 Labels = tuple[tuple[str, str], ...]
@@ -62,12 +70,21 @@ class Metrics:
 
     # -- recording --
 
+    @staticmethod
+    def method_label(method: str) -> str:
+        """The ``method`` label of a request: a standard method, else ``other``."""
+        return method if method in METHODS else "other"
+
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
+        if "method" in labels:
+            labels["method"] = self.method_label(labels["method"])
         key = (name, tuple(sorted(labels.items())))
         with self._lock:
             self._counters[key] = self._counters.get(key, 0.0) + value
 
     def observe(self, name: str, seconds: float, **labels: str) -> None:
+        if "method" in labels:
+            labels["method"] = self.method_label(labels["method"])
         key = (name, tuple(sorted(labels.items())))
         i = bisect.bisect_left(BUCKETS, seconds)
         with self._lock:

@@ -38,6 +38,7 @@ RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
                                "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
 AUTH_HEADER = {"WWW-Authenticate": {"description": "the scheme to authenticate with",
                                     "schema": {"type": "string"}}}
+RATE_LIMITED = "the API key is over its request rate (key_rate_per_s per worker process)"
 ALLOW = {"Allow": {"description": "the methods the path accepts",
                    "schema": {"type": "string"}}}
 
@@ -49,6 +50,7 @@ def _read_errors(not_found: str = "no such path") -> dict[str, Any]:
                       "invalid one was sent", AUTH_HEADER),
         "404": _error(not_found),
         "405": _error("method not allowed", ALLOW),
+        "429": _error(RATE_LIMITED, RETRY_AFTER),
         "503": _error("the API key could not be checked (database down)", RETRY_AFTER),
     }
 
@@ -124,12 +126,15 @@ def schemas(settings: Settings) -> dict[str, Any]:
                 "item_id": ident,
                 "event_type": {"type": "string", "enum": list(EVENT_TYPES)},
                 "timestamp": {"type": "string", "format": "date-time",
-                              "description": "ISO-8601; no offset means UTC; at most a "
-                                             "day in the future"},
+                              "description": "ISO-8601; no offset means UTC; at most "
+                                             f"{settings.event_max_age_days} days old and "
+                                             f"{settings.event_max_ahead_days} days ahead "
+                                             "(else 422)"},
                 "rating": {"type": ["number", "null"], "minimum": 0, "maximum": 10},
                 "context": {"type": ["object", "null"],
                             "description": f"at most {validation.MAX_CONTEXT_BYTES} bytes "
-                                           "as JSON"},
+                                           f"as JSON, {validation.MAX_CONTEXT_DEPTH} levels "
+                                           "deep, no NUL character"},
                 "event_id": {"anyOf": [
                     {"type": "string", "minLength": 1,
                      "maxLength": validation.MAX_EVENT_ID_CHARS},
@@ -241,6 +246,10 @@ def document(settings: Settings) -> dict[str, Any]:
                     "405": _error("method not allowed", ALLOW),
                     "413": _error("the body is larger than 1 MB"),
                     "415": _error("the body is not declared as JSON"),
+                    "422": _error("an event's timestamp is outside the accepted window "
+                                  "(error.code outside_window; error.field names it): "
+                                  "nothing was stored"),
+                    "429": _error(RATE_LIMITED + ": nothing was stored", RETRY_AFTER),
                     "503": _error("the database is unavailable: nothing was stored",
                                   RETRY_AFTER),
                 },
@@ -254,6 +263,7 @@ def document(settings: Settings) -> dict[str, Any]:
                     "401": _error("no API key, or an invalid or revoked one", AUTH_HEADER),
                     "403": _error("the API key lacks the admin scope"),
                     "405": _error("method not allowed", ALLOW),
+                    "429": _error(RATE_LIMITED, RETRY_AFTER),
                     "503": _error("the API key could not be checked", RETRY_AFTER),
                 },
             }},

@@ -2,7 +2,12 @@
 
 Pure functions over plain values (no Flask, no database): they return typed values or
 raise :class:`serve.errors.ApiError` (400) with the field, e.g. ``limit`` or
-``events[3].timestamp``.
+``events[3].timestamp``; an event outside the accepted time window is a 422
+(``outside_window``).
+
+Every string that may reach the database is checked to be valid Unicode without NUL:
+JSON allows a lone surrogate (``"\ud800"``) and ``"\u0000"``, which UTF-8 and Postgres
+JSONB refuse; nesting is bounded before anything recursive runs on it.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.constants import EVENT_TYPES
-from serve.errors import bad_request
+from serve.errors import ApiError, bad_request
 
 BIGINT_MAX = 2**63 - 1
 MAX_BATCH = 1000
 MAX_CONTEXT_BYTES = 4096
+MAX_CONTEXT_DEPTH = 8  # objects/lists inside ``context`` (the context itself is level 1)
 MAX_EVENT_ID_CHARS = 64
-MAX_FUTURE = dt.timedelta(days=1)
+DEFAULT_MAX_AGE = dt.timedelta(days=30)  # the settings' defaults (event_max_*_days)
+DEFAULT_MAX_AHEAD = dt.timedelta(days=1)
 MIN_TIMESTAMP = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 MAX_CATEGORY_CHARS = 50
 REC_TYPES = ("personalized", "similar", "trending")
@@ -109,6 +116,18 @@ def country(raw: str | None) -> str | None:
 # --- events ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Window:
+    """Accepted event times: ``[now - max_age, now + max_ahead]``."""
+
+    max_age: dt.timedelta = DEFAULT_MAX_AGE
+    max_ahead: dt.timedelta = DEFAULT_MAX_AHEAD
+
+    @classmethod
+    def of_days(cls, max_age_days: float, max_ahead_days: float) -> Window:
+        return cls(dt.timedelta(days=max_age_days), dt.timedelta(days=max_ahead_days))
+
+
+@dataclass(frozen=True)
 class Event:
     event_id: int | None
     user_id: int
@@ -117,20 +136,58 @@ class Event:
     rating: float | None
     timestamp: dt.datetime  # aware, UTC
     context: str | None  # JSON text
+    key_id: int | None = None  # api_keys.id of the key that sent it
 
     def row(self) -> tuple:
+        """The row ``Store.insert_events`` stores: (event_id, user_id, item_id,
+        event_type, rating, timestamp, context_json, key_id)."""
         return (self.event_id, self.user_id, self.item_id, self.event_type, self.rating,
-                self.timestamp, self.context)
+                self.timestamp, self.context, self.key_id)
+
+
+def clean_text(raw: str, field: str) -> str:
+    """``raw`` if it is valid Unicode (no lone surrogate) without a NUL character."""
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request(field, f"{field} holds invalid Unicode (a lone surrogate)") \
+            from None
+    if "\x00" in raw:
+        raise bad_request(field, f"{field} holds a NUL character")
+    return raw
+
+
+def _check_tree(value: Any, field: str) -> None:
+    """Nesting within MAX_CONTEXT_DEPTH, every key and string clean (iterative: a deep
+    value cannot exhaust the stack here)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            clean_text(node, field)
+        elif isinstance(node, (Mapping, list)):
+            if depth > MAX_CONTEXT_DEPTH:
+                raise bad_request(field, f"{field} is nested deeper than "
+                                         f"{MAX_CONTEXT_DEPTH} levels")
+            if isinstance(node, Mapping):
+                for key, item in node.items():
+                    clean_text(key, field)
+                    stack.append((item, depth + 1))
+            else:
+                stack.extend((item, depth + 1) for item in node)
 
 
 def stable_event_id(raw: str) -> int:
-    """A stable 63-bit id for a client's event id (blake2b), so retries store once."""
+    """A stable 63-bit id for a client's event id (blake2b), so retries store once.
+    ``raw`` must be valid Unicode (:func:`clean_text`)."""
     digest = hashlib.blake2b(raw.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") & BIGINT_MAX
 
 
-def timestamp(raw: Any, field: str, now: dt.datetime) -> dt.datetime:
-    """An ISO-8601 time (naive means UTC), not more than a day in the future."""
+def timestamp(raw: Any, field: str, now: dt.datetime, window: Window = Window()
+              ) -> dt.datetime:
+    """An ISO-8601 time (naive means UTC) inside ``window`` around ``now``: malformed is a
+    400, outside the window a 422."""
     if not isinstance(raw, str) or not raw or raw != raw.strip():
         raise bad_request(field, f"{field} must be an ISO-8601 date-time string")
     try:
@@ -144,14 +201,32 @@ def timestamp(raw: Any, field: str, now: dt.datetime) -> dt.datetime:
         value = value.astimezone(dt.UTC)
     except OverflowError:  # year 1 or 9999 moved past the calendar's ends
         raise bad_request(field, f"{field} is out of range") from None
-    if value > now + MAX_FUTURE:
-        raise bad_request(field, f"{field} is more than a day in the future")
     if value < MIN_TIMESTAMP:
         raise bad_request(field, f"{field} is before 1970")
+    if value > now + window.max_ahead or value < now - window.max_age:
+        raise outside_window(field, now, window)
     return value
 
 
-def event(raw: Any, prefix: str, now: dt.datetime) -> Event:
+def _days(delta: dt.timedelta) -> str:
+    days = delta / dt.timedelta(days=1)
+    text = f"{days:g}"
+    return f"{text} day" if text == "1" else f"{text} days"
+
+
+def outside_window(field: str, now: dt.datetime, window: Window) -> ApiError:
+    """A 422: a well-formed time outside the accepted window."""
+    first = (now - window.max_age).isoformat(timespec="seconds")
+    last = (now + window.max_ahead).isoformat(timespec="seconds")
+    return ApiError(422, "outside_window",
+                    f"{field} is outside the accepted window: events may be at most "
+                    f"{_days(window.max_age)} old and {_days(window.max_ahead)} ahead "
+                    f"(now from {first} to {last}); older history goes through the "
+                    "loader (recs ingest)", field)
+
+
+def event(raw: Any, prefix: str, now: dt.datetime, window: Window = Window(),
+          key_id: int | None = None) -> Event:
     """One event object; field names in errors start with ``prefix``."""
     if not isinstance(raw, Mapping):
         raise bad_request(prefix.rstrip(".") or None, "an event must be a JSON object")
@@ -168,7 +243,7 @@ def event(raw: Any, prefix: str, now: dt.datetime) -> Event:
     if event_type not in EVENT_TYPES:
         raise bad_request(name("event_type"),
                           f"{name('event_type')} must be one of {', '.join(EVENT_TYPES)}")
-    ts = timestamp(raw["timestamp"], name("timestamp"), now)
+    ts = timestamp(raw["timestamp"], name("timestamp"), now, window)
 
     rating = raw.get("rating")
     if rating is not None:
@@ -183,14 +258,13 @@ def event(raw: Any, prefix: str, now: dt.datetime) -> Event:
     if context is not None:
         if not isinstance(context, Mapping):
             raise bad_request(name("context"), f"{name('context')} must be a JSON object")
+        _check_tree(context, name("context"))
         try:
             context_json = json.dumps(context, separators=(",", ":"), ensure_ascii=False,
                                       allow_nan=False)
         except ValueError:
             raise bad_request(name("context"),
                               f"{name('context')} holds NaN or Infinity") from None
-        if "\x00" in context_json or "\\u0000" in context_json:
-            raise bad_request(name("context"), f"{name('context')} holds a NUL character")
         if len(context_json.encode("utf-8")) > MAX_CONTEXT_BYTES:
             raise bad_request(name("context"),
                               f"{name('context')} is larger than {MAX_CONTEXT_BYTES} bytes")
@@ -200,24 +274,26 @@ def event(raw: Any, prefix: str, now: dt.datetime) -> Event:
     if event_id is not None:
         if isinstance(event_id, bool) or not isinstance(event_id, (str, int)):
             raise bad_request(name("event_id"), f"{name('event_id')} must be a string or integer")
-        text = str(event_id)
+        text = clean_text(str(event_id), name("event_id"))
         if not text or len(text) > MAX_EVENT_ID_CHARS:
             raise bad_request(name("event_id"),
                               f"{name('event_id')} must have 1 to {MAX_EVENT_ID_CHARS} characters")
         stored_id = stable_event_id(text)
-    return Event(stored_id, user_id, item_id, event_type, rating, ts, context_json)
+    return Event(stored_id, user_id, item_id, event_type, rating, ts, context_json, key_id)
 
 
-def event_body(body: Any, now: dt.datetime | None = None) -> list[Event]:
-    """A POSTed body: one event object, or ``{"events": [...]}`` (1..MAX_BATCH)."""
+def event_body(body: Any, now: dt.datetime | None = None, window: Window = Window(),
+               key_id: int | None = None) -> list[Event]:
+    """A POSTed body: one event object, or ``{"events": [...]}`` (1..MAX_BATCH); every
+    event carries ``key_id`` (the key that sent it)."""
     now = now or dt.datetime.now(dt.UTC)
     if not isinstance(body, Mapping):
         raise bad_request(None, "the body must be a JSON object")
     if "events" not in body:
-        return [event(body, "", now)]
+        return [event(body, "", now, window, key_id)]
     batch = body["events"]
     if not isinstance(batch, list):
         raise bad_request("events", "events must be a list of event objects")
     if not 1 <= len(batch) <= MAX_BATCH:
         raise bad_request("events", f"events must hold 1 to {MAX_BATCH} events")
-    return [event(raw, f"events[{i}].", now) for i, raw in enumerate(batch)]
+    return [event(raw, f"events[{i}].", now, window, key_id) for i, raw in enumerate(batch)]
