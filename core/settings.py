@@ -70,6 +70,14 @@ class Settings:
     statement_timeout_ms: int = 200
     popular_refresh_s: float = 30.0
     exclude_max: int = 500
+    # Events posted to the reader must fall in [now - max_age, now + max_ahead] (422
+    # otherwise); loaders are not bound by this window.
+    event_max_age_days: int = 30
+    event_max_ahead_days: int = 1
+    # Per-key token bucket in each reader worker process (0: no limit): a key gets
+    # key_burst requests at once, then key_rate_per_s a second; the excess gets 429.
+    key_rate_per_s: float = 500.0
+    key_burst: int = 1000
     # How often each reader process re-reads the block rules (rerank_rules and the file):
     # a new block reaches every answer within this many seconds.
     blocks_refresh_s: float = 5.0
@@ -196,6 +204,10 @@ _RANGES: dict[str, tuple[float, float]] = {
     "statement_timeout_ms": (1, 600_000),
     "popular_refresh_s": (0.1, 86_400),
     "exclude_max": (0, 100_000),
+    "event_max_age_days": (1, 3650),
+    "event_max_ahead_days": (0, 30),
+    "key_rate_per_s": (0.0, 1e6),
+    "key_burst": (1, 10**7),
     "blocks_refresh_s": (0.1, 3600),
     "two_tower_epochs": (0, 1000),
     "two_tower_text": (0, 1),
