@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -15,6 +16,44 @@ def metadata_url(s: Settings) -> str:
     """Airflow's metadata database: database ``airflow`` on the project's server."""
     parts = urlsplit(s.dsn.replace("postgresql+psycopg2://", "postgresql://"))
     return urlunsplit(("postgresql+psycopg2", parts.netloc, "/airflow", parts.query, ""))
+
+
+def migration_marker(s: Settings) -> Path:
+    """The file recording that Airflow's metadata database was migrated: one per Airflow
+    version and per metadata database (a hash of its URL without any password), so that
+    pointing RECS_DATABASE_URL at another server migrates that one."""
+    from importlib.metadata import version
+
+    from core.db import redact
+
+    key = hashlib.sha256(redact(metadata_url(s)).encode()).hexdigest()[:12]
+    return s.airflow_home / f".migrated-{version('apache-airflow')}-{key}"
+
+
+def metadata_migrated(s: Settings) -> bool:
+    """True when the marker exists and the database holds Airflow's alembic_version row
+    (a database dropped and re-created under the same URL is migrated again)."""
+    if not migration_marker(s).exists():
+        return False
+    import psycopg2
+
+    from core.db import libpq_dsn
+
+    try:
+        conn = psycopg2.connect(libpq_dsn(metadata_url(s)), connect_timeout=10)
+    except psycopg2.Error:
+        return False
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('alembic_version') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return False
+            cur.execute("SELECT count(*) FROM alembic_version")
+            return cur.fetchone()[0] > 0
+    except psycopg2.Error:
+        return False
+    finally:
+        conn.close()
 
 
 def environ(s: Settings, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -7,8 +7,9 @@ runs until interrupted. :func:`start` does the same in the background and return
 handle (the tests drive the UI through it).
 
 Login: the simple auth manager's user ``admin``; its generated password is written to
-``$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated`` (``var/airflow/``) on the
-first start and kept afterwards.
+``$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated`` (``var/airflow/``, made
+0600 here) on the first start and kept afterwards. The banner names that file and never
+prints the password.
 """
 
 from __future__ import annotations
@@ -188,6 +189,7 @@ def start(s: Settings, port: int = 8080, host: str = "127.0.0.1",
         if password_file.exists() and _healthy(url):
             passwords = json.loads(password_file.read_text() or "{}")
             if USERNAME in passwords:
+                password_file.chmod(0o600)  # whatever mode Airflow wrote it with
                 handle.password = passwords[USERNAME]
                 return handle
         if time.monotonic() > deadline:
@@ -200,12 +202,14 @@ def start(s: Settings, port: int = 8080, host: str = "127.0.0.1",
 def banner(ui: AirflowUI, s: Settings) -> str:
     """What an operator needs: URL, login, where things are."""
     from cli.airflow_env import metadata_url
+    from core.db import redact
 
     return "\n".join([
         f"Airflow UI: {ui.url}",
-        f"  log in as {ui.username!r} with password {ui.password!r} "
-        f"(kept in {ui.password_file})",
-        f"  DAGs: daily, nearline, hourly (from dags/); metadata: {metadata_url(s)}",
+        f"  log in as {ui.username!r}; the password is in {ui.password_file} "
+        "(readable by you only; it is never printed)",
+        f"  DAGs: daily, nearline, hourly, maintenance (from dags/); "
+        f"metadata: {redact(metadata_url(s))}",
         f"  log: {ui.log_path}",
         "Stop with Ctrl-C.",
     ])

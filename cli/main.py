@@ -82,7 +82,11 @@ def db_up(s) -> str:
         localpg.start(s)
     applied = migrate.apply(s.dsn)
     ensure_airflow_database(s)
-    return f"database ready at {s.dsn} ({len(applied)} migrations applied now)"
+    from core.db import redact
+
+    where = f" (roles and passwords: {s.pg_dir / 'pgpass'})" if s.uses_private_pg else ""
+    return (f"database ready at {redact(s.dsn)} ({len(applied)} migrations applied now)"
+            f"{where}")
 
 
 def ensure_airflow_database(s) -> None:
@@ -132,6 +136,14 @@ def cmd_db_init(args, s) -> int:
     applied = migrate.apply(s.dsn)
     print(f"applied: {', '.join(applied) or 'nothing new'}; airflow database present")
     return 0
+
+
+def cmd_maintenance(args, s) -> int:
+    """Partition maintenance once (what dags/maintenance.py runs hourly)."""
+    from jobs import maintenance
+
+    out = maintenance.run(progress=lambda line: print(line, flush=True))
+    return 1 if out["kept_by_lock"] else 0
 
 
 # --- data ------------------------------------------------------------------------------
@@ -193,14 +205,16 @@ def airflow(s, *argv: str, check: bool = True, capture: bool = False):
 
 
 def airflow_db_ready(s) -> None:
-    """Migrate Airflow's metadata database once per Airflow version."""
-    from importlib.metadata import version
+    """Migrate Airflow's metadata database once per Airflow version and database (the
+    marker is keyed by the database's URL, and a database without Airflow's tables is
+    migrated whatever the marker says)."""
+    from cli.airflow_env import metadata_migrated, migration_marker
 
-    marker = s.airflow_home / f".migrated-{version('apache-airflow')}"
-    if marker.exists():
+    if metadata_migrated(s):
         return
     ensure_airflow_database(s)
     airflow(s, "db", "migrate", capture=True)
+    marker = migration_marker(s)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(dt.datetime.now(dt.UTC).isoformat())
 
@@ -473,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "not managed by the project)").set_defaults(func=cmd_db_init)
     sub.add_parser("migrate", help="apply pending schema migrations").set_defaults(
         func=cmd_migrate)
+    sub.add_parser("maintenance", help="interactions partitions: create ahead, empty the "
+                   "default partition, retention (RECS_RETENTION_DAYS)").set_defaults(
+        func=cmd_maintenance)
 
     load = sub.add_parser("load", help="load a MovieLens folder or synthetic data")
     load.add_argument("source", help="path to a MovieLens folder (ml-latest-small, ml-100k, "

@@ -31,6 +31,15 @@ def libpq_dsn(dsn: str) -> str:
     return dsn.replace("postgresql+psycopg2://", "postgresql://")
 
 
+def redact(dsn: str) -> str:
+    """``dsn`` fit to print: any password in it (``user:secret@`` or ``password=``) is
+    replaced by ``***``."""
+    import re
+
+    dsn = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", dsn)
+    return re.sub(r"(?i)(\bpassword=)[^&\s]*", r"\1***", dsn)
+
+
 def engine(dsn: str | None = None) -> Engine:
     """A pooled SQLAlchemy engine for ``dsn`` (the configured database by default)."""
     dsn = dsn or settings_mod.get().dsn

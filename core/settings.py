@@ -18,6 +18,11 @@ from typing import Any
 
 PREFIX = "RECS_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Database roles (sql/009_roles.sql; passwords of the private instance in var/pg/pgpass).
+ADMIN_ROLE = "recs"  # bootstrap superuser: creates roles and databases (recs db-up)
+PIPELINE_ROLE = "recs_pipeline"  # owns the schema: jobs, loaders, migrations, Airflow
+READER_ROLE = "recs_reader"  # the serving process
+ANALYST_ROLE = "recs_analyst"  # the analyst views
 
 
 class SettingsError(ValueError):
@@ -30,6 +35,10 @@ class Settings:
     home: Path = PROJECT_ROOT / "var"
     # Empty: use the project's own private Postgres under ``home``.
     database_url: str = ""
+    # The reader's and the analysts' connections (least privilege). Empty: the private
+    # instance's recs_reader / recs_analyst roles, or database_url when that is set.
+    reader_database_url: str = ""
+    analyst_database_url: str = ""
     pg_port: int = 54329
     lake_root: str = ""
     # Pipeline.
@@ -50,6 +59,11 @@ class Settings:
     holdout_fraction: float = 0.25
     gate_margin: float = 0.0
     keep_versions: int = 2
+    # Partition maintenance (jobs/maintenance.py): day partitions of interactions kept
+    # ready this many days ahead; partitions wholly older than retention_days are
+    # exported to the lake as Parquet, then dropped (0: never drop anything).
+    partitions_ahead_days: int = 7
+    retention_days: int = 0
     # Publishing (jobs/publish.py): each lock of the switch is waited for at most
     # publish_lock_timeout_ms, retried with back-off for publish_switch_budget_s in all;
     # old versions are detached concurrently, waiting at most publish_retire_wait_s.
@@ -116,10 +130,33 @@ class Settings:
 
     @property
     def dsn(self) -> str:
-        """The database URL; the private instance's when none is configured."""
+        """The pipeline's database URL; the private instance's (role recs_pipeline, its
+        password read by libpq from the ``passfile`` named in the URL) when none is
+        configured."""
         if self.database_url:
             return self.database_url
-        return f"postgresql://recs@127.0.0.1:{self.pg_port}/recs"
+        return self._private_url(PIPELINE_ROLE)
+
+    @property
+    def reader_dsn(self) -> str:
+        """The serving process's URL (role recs_reader): ``RECS_READER_DATABASE_URL``;
+        else the private instance's reader; else ``dsn``."""
+        if self.reader_database_url:
+            return self.reader_database_url
+        return self.dsn if self.database_url else self._private_url(READER_ROLE)
+
+    @property
+    def analyst_dsn(self) -> str:
+        """The analysts' URL (role recs_analyst), chosen as :attr:`reader_dsn` is."""
+        if self.analyst_database_url:
+            return self.analyst_database_url
+        return self.dsn if self.database_url else self._private_url(ANALYST_ROLE)
+
+    def _private_url(self, role: str, dbname: str = "recs") -> str:
+        from urllib.parse import quote
+
+        passfile = quote(str(self.pg_dir / "pgpass"), safe="/")
+        return f"postgresql://{role}@127.0.0.1:{self.pg_port}/{dbname}?passfile={passfile}"
 
     def model_params(self) -> dict[str, Any]:
         """Parameters that shape a model version (hashed into its config digest)."""
@@ -189,6 +226,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "ann_recall_floor": (0.0, 1.0),
     "holdout_fraction": (0.01, 0.99),
     "keep_versions": (1, 100),
+    "partitions_ahead_days": (0, 366),
+    "retention_days": (0, 100_000),
     "publish_lock_timeout_ms": (1, 600_000),
     "publish_switch_budget_s": (0.0, 86_400),
     "publish_retire_wait_s": (0.0, 86_400),
@@ -263,6 +302,12 @@ def _validate(s: Settings) -> None:
                                                           "postgresql+psycopg2://")):
         raise SettingsError(f"{PREFIX}DATABASE_URL: expected a postgresql:// URL, "
                             f"got {s.database_url.split(':')[0]!r}")
+    for name in ("reader_database_url", "analyst_database_url"):
+        url = getattr(s, name)
+        if url and not url.startswith(("postgresql://", "postgres://",
+                                       "postgresql+psycopg2://")):
+            raise SettingsError(f"{PREFIX}{name.upper()}: expected a postgresql:// URL, "
+                                f"got {url.split(':')[0]!r}")
     if s.serve_limit_default > s.serve_limit_max:
         raise SettingsError(f"{PREFIX}SERVE_LIMIT_DEFAULT exceeds {PREFIX}SERVE_LIMIT_MAX")
 

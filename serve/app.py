@@ -6,8 +6,13 @@ ready ``SETTINGS`` object, ``STORE_BACKOFF_S``, ``LIVE_TTL_S``, ``KEY_CACHE_S``,
 process builds its own connection pool and popular list (gunicorn runs with preload off).
 
 Keys: posting events needs a key with the ``events`` scope unless
-``RECS_EVENTS_KEY_REQUIRED=false``; reads need one (any scope) when
-``RECS_READ_KEYS_REQUIRED=true``; admin endpoints always need the ``admin`` scope.
+``RECS_EVENTS_KEY_REQUIRED=false``; reads need one (any scope) unless
+``RECS_READ_KEYS_REQUIRED=false`` (a trusted network only: anyone reaching the reader then
+reads any user's list and, through "Because you watched X", their newest items); admin
+endpoints always need the ``admin`` scope.
+
+Every answer leaves out the blocked items (serve/blocks.py), re-read every
+``blocks_refresh_s``.
 
 Run: ``gunicorn -c serve/gunicorn.conf.py "serve.app:create_app()"``.
 """
@@ -25,6 +30,7 @@ from core import settings as settings_mod
 from core.settings import Settings, SettingsError
 from serve import auth, errors
 from serve.auth import KeyCache
+from serve.blocks import BlockSet
 from serve.fallback import PopularCache, snapshot_path
 from serve.metrics import Metrics
 from serve.store import BACKOFF_S, LIVE_TTL_S, DatabaseUnavailable, Store
@@ -41,6 +47,7 @@ class Services:
     settings: Settings
     store: Store
     popular: PopularCache
+    blocks: BlockSet
     keys: KeyCache
     metrics: Metrics
     read_keys_required: bool
@@ -66,9 +73,9 @@ def _setting_flag(test_config: dict[str, Any], key: str, settings: Settings,
     else:
         value = getattr(settings, key.lower(), None)
         if value is None:
-            value = os.environ.get(var, default)
+            value = os.environ.get(var)
     try:
-        return auth.flag(value, var)
+        return auth.flag(value, var, default)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
 
@@ -80,7 +87,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     backoff_s = float(test_config.pop("STORE_BACKOFF_S", BACKOFF_S))
     live_ttl_s = float(test_config.pop("LIVE_TTL_S", LIVE_TTL_S))
     key_ttl_s = float(test_config.pop("KEY_CACHE_S", auth.KEY_TTL_S))
-    read_keys = _setting_flag(test_config, "READ_KEYS_REQUIRED", settings, False)
+    read_keys = _setting_flag(test_config, "READ_KEYS_REQUIRED", settings, True)
     events_key = _setting_flag(test_config, "EVENTS_KEY_REQUIRED", settings, True)
 
     app = Flask(__name__)
@@ -90,15 +97,20 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.compact = True
     _configure_logging(app)
 
-    store = Store(settings.dsn, settings.statement_timeout_ms, backoff_s=backoff_s,
+    store = Store(settings.reader_dsn, settings.statement_timeout_ms, backoff_s=backoff_s,
                   live_ttl_s=live_ttl_s)
     popular = PopularCache(store, snapshot_path(settings.lake), settings.popular_refresh_s)
     store.on_switch.append(lambda _state: popular.invalidate())
     popular.load()
+    blocks = BlockSet(store, settings.rules_file, settings.blocks_refresh_s)
+    try:
+        blocks.load()
+    except (OSError, ValueError) as exc:  # the rule file: missing, or a bad line
+        raise SettingsError(f"RECS_RULES_FILE: {exc}") from None
     metrics = Metrics(os.environ.get("RECS_METRICS_DIR") or None)
     metrics.start()
-    svc = Services(settings, store, popular, KeyCache(store, key_ttl_s), metrics, read_keys,
-                   events_key)
+    svc = Services(settings, store, popular, blocks, KeyCache(store, key_ttl_s), metrics,
+                   read_keys, events_key)
     app.extensions["recs"] = svc
 
     from serve.admin import bp as admin_bp
@@ -135,7 +147,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         try:
             state = store.live_state(refresh=True)
         except DatabaseUnavailable as exc:
-            return errors.error_response(503, "unavailable", f"database unavailable: {exc}")
+            # The driver's text (host, user, server message) stays in the log.
+            app.logger.warning("readyz: database unavailable (%s): %s", exc.cause,
+                               str(exc.__cause__ or exc).strip().splitlines()[0]
+                               if str(exc.__cause__ or exc).strip() else exc.cause)
+            return errors.error_response(503, "unavailable",
+                                         f"database unavailable ({exc.cause})")
         if state.version is None:
             return errors.error_response(503, "not_ready", "no live model version")
         body: dict[str, Any] = {"status": "ready", "live_version": state.version}

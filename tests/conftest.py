@@ -2,7 +2,11 @@
 
 The suite's instance lives under ``var/test/pg-<port>`` on its own port
 (RECS_TEST_PG_PORT, default 54341) so that it never touches the demo's data. Each test that asks for
-``dsn`` gets a new, migrated database, dropped afterwards.
+``dsn`` gets a new, migrated database owned by the pipeline role, dropped afterwards;
+``dsn`` connects as ``recs_pipeline`` and :func:`role_url` gives the same database as
+another role. Passwords are read by libpq from the instance's password file (named in
+the URL) and, for connections that name only host, port and user, from the checkout's
+``var/pgpass`` (PGPASSFILE, set below), where every private instance records its own.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import pytest
 
 from core import localpg, migrate
 from core import settings as settings_mod
-from core.settings import PROJECT_ROOT
+from core.settings import PIPELINE_ROLE, PROJECT_ROOT
+
+# Connections by host, port and user alone (tests' own instances) find their password.
+os.environ["PGPASSFILE"] = str(localpg.REGISTRY)
 
 ML_SMALL = (PROJECT_ROOT.parent / "shared" / "data" / "ml-latest-small").resolve()
 TEST_PG_PORT = int(os.environ.get("RECS_TEST_PG_PORT", "54341"))
@@ -48,9 +55,16 @@ def pg_instance():
 
 
 def _admin(s: settings_mod.Settings):
-    conn = psycopg2.connect(host="127.0.0.1", port=s.pg_port, user="recs", dbname="postgres")
+    """The administrator (bootstrap superuser) on database postgres, autocommit."""
+    conn = localpg.connect_as(s)
     conn.autocommit = True
     return conn
+
+
+def role_url(dsn: str, role: str) -> str:
+    """``dsn`` (a test database's URL) as ``role`` (recs_reader, recs_analyst, ...)."""
+    scheme, rest = dsn.split("://", 1)
+    return f"{scheme}://{role}@{rest.split('@', 1)[1]}"
 
 
 @pytest.fixture
@@ -59,8 +73,8 @@ def dsn(pg_instance):
     name = "t_" + uuid.uuid4().hex[:12]
     conn = _admin(pg_instance)
     with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://recs@127.0.0.1:{pg_instance.pg_port}/{name}"
+        cur.execute(f'CREATE DATABASE "{name}" OWNER {PIPELINE_ROLE}')
+    url = pg_instance._private_url(PIPELINE_ROLE, name)
     migrate.apply(url)
     yield url
     from core import db

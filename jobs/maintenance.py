@@ -1,0 +1,208 @@
+"""Partition maintenance of ``interactions``: ahead, the DEFAULT partition, retention.
+
+Run hourly by ``dags/maintenance.py`` and once by ``recs maintenance``:
+
+1. **Default**: rows in ``interactions_default`` (an event whose day had no partition)
+   move into day partitions of their own, created for them
+   (``recs_drain_default_partition``, sql/008): moved in one transaction, so each row is
+   in exactly one place and counted once.
+2. **Ahead**: day partitions from today to today + ``partitions_ahead_days`` (UTC) exist,
+   so that events arriving now never wait for DDL (the reader never runs any).
+3. **Retention** (only when ``retention_days`` > 0; 0, the default, never drops anything):
+   each partition wholly older than ``retention_days`` days is exported to the lake as
+   one Parquet file, ``<lake>/archive/interactions/<partition>.parquet`` (written beside,
+   its row count checked against the partition's, then renamed into place), and only
+   then detached and dropped, in the same transaction that holds the partition against
+   writes during the export. A failed export or check drops nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core import db, lake
+from core import settings as settings_mod
+
+log = logging.getLogger(__name__)
+
+ARCHIVE = ("archive", "interactions")
+CHUNK = 50_000
+# Detaching a partition takes an exclusive lock on ``interactions``, which readers also
+# use: wait at most this long for it (readers queue behind a waiting DETACH), then retry.
+LOCK_TIMEOUT_MS = 500
+LOCK_TRIES = 5
+_BOUND = re.compile(r"FOR VALUES FROM \('([^']+)'\) TO \('([^']+)'\)")
+COLUMNS = ("event_id", "user_id", "item_id", "event_type", "rating", "timestamp", "context",
+           "ingested_at", "key_id")
+
+
+@dataclass
+class Report:
+    created: int = 0
+    moved: int = 0
+    archived: list[dict] = field(default_factory=list)  # {partition, rows, path}
+    kept_by_lock: list[str] = field(default_factory=list)  # retried next run
+
+    def as_dict(self) -> dict:
+        return {"created": self.created, "moved": self.moved, "archived": self.archived,
+                "kept_by_lock": self.kept_by_lock}
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("event_id", pa.int64()), ("user_id", pa.int64()), ("item_id", pa.int64()),
+        ("event_type", pa.string()), ("rating", pa.float32()),
+        ("timestamp", pa.timestamp("us", tz="UTC")), ("context", pa.string()),
+        ("ingested_at", pa.timestamp("us", tz="UTC")), ("key_id", pa.int64()),
+    ])
+
+
+def archive_path(partition: str, lake_root: Path | None = None) -> Path:
+    return Path(lake_root or lake.root()).joinpath(*ARCHIVE, f"{partition}.parquet")
+
+
+def partitions(cur) -> list[tuple[str, dt.datetime, dt.datetime]]:
+    """(name, lower, upper) of each range partition of ``interactions`` (not DEFAULT)."""
+    cur.execute("SET TIME ZONE 'UTC'")
+    cur.execute("""SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i
+                   JOIN pg_class c ON c.oid = i.inhrelid
+                   WHERE i.inhparent = 'interactions'::regclass ORDER BY 1""")
+    out = []
+    for name, bound in cur.fetchall():
+        m = _BOUND.search(bound or "")
+        if m:
+            out.append((name, dt.datetime.fromisoformat(m.group(1)),
+                        dt.datetime.fromisoformat(m.group(2))))
+    return sorted(out, key=lambda p: p[1])
+
+
+def ensure_ahead(dsn: str | None, today: dt.date, ahead_days: int) -> int:
+    """Day partitions for today .. today + ahead_days; the number created now."""
+    with db.transaction(dsn) as cur:
+        cur.execute("SELECT recs_ensure_interaction_partitions(%s, %s)",
+                    (today, today + dt.timedelta(days=ahead_days)))
+        return cur.fetchone()[0]
+
+
+def drain_default(dsn: str | None) -> int:
+    """Move the DEFAULT partition's rows into partitions of their own; rows moved."""
+    with db.transaction(dsn) as cur:
+        cur.execute("SELECT recs_drain_default_partition()")
+        return cur.fetchone()[0]
+
+
+def _export(cur, partition: str, tmp: Path) -> int:
+    """Write every row of ``partition`` (read through ``cur``'s transaction) to ``tmp``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _schema()
+    n = 0
+    with pq.ParquetWriter(tmp, schema) as writer:
+        named = cur.connection.cursor(name=f"archive_{partition}")
+        try:
+            named.itersize = CHUNK
+            named.execute(f'SELECT event_id, user_id, item_id, event_type, rating, '
+                          f'"timestamp", context::text, ingested_at, key_id FROM {partition} '
+                          f'ORDER BY "timestamp", event_id')
+            while True:
+                rows = named.fetchmany(CHUNK)
+                if not rows:
+                    break
+                cols = list(zip(*rows, strict=True))
+                writer.write_table(pa.table({f.name: pa.array(c, type=f.type)
+                                             for f, c in zip(schema, cols, strict=True)},
+                                            schema=schema))
+                n += len(rows)
+        finally:
+            named.close()
+    return n
+
+
+def archive_partition(dsn: str | None, partition: str, lake_root: Path | None = None
+                      ) -> dict | None:
+    """Export ``partition`` to the lake, check it, then detach and drop it, in one
+    transaction that holds the partition against writes meanwhile. None when the lock on
+    ``interactions`` was not granted in time (nothing dropped; the next run retries)."""
+    import psycopg2
+    import pyarrow.parquet as pq
+
+    final = archive_path(partition, lake_root)
+    for attempt in range(LOCK_TRIES):
+        tmp = lake.atomic_file(final)
+        conn = db.connect(dsn)
+        try:
+            with conn, conn.cursor() as cur:
+                # No write reaches the partition from here to the drop.
+                cur.execute(f"LOCK TABLE {partition} IN SHARE MODE")
+                cur.execute(f"SELECT count(*) FROM {partition}")
+                expected = cur.fetchone()[0]
+                written = _export(cur, partition, tmp)
+                on_disk = pq.ParquetFile(tmp).metadata.num_rows
+                if not written == on_disk == expected:
+                    raise RuntimeError(f"{partition}: exported {written} rows, the file holds "
+                                       f"{on_disk}, the partition {expected}; nothing dropped")
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, final)
+                cur.execute("SET LOCAL lock_timeout = %s", (f"{LOCK_TIMEOUT_MS}ms",))
+                cur.execute(f"ALTER TABLE interactions DETACH PARTITION {partition}")
+                cur.execute(f"DROP TABLE {partition}")
+            return {"partition": partition, "rows": expected, "path": str(final)}
+        except psycopg2.errors.LockNotAvailable:
+            log.warning("%s: interactions busy (try %d of %d)", partition, attempt + 1,
+                        LOCK_TRIES)
+            time.sleep(0.5 * (attempt + 1))
+        finally:
+            conn.close()
+            if tmp.exists():
+                tmp.unlink()
+    return None
+
+
+def run(now: dt.datetime | None = None, *, dsn: str | None = None,
+        lake_root: Path | None = None, ahead_days: int | None = None,
+        retention_days: int | None = None,
+        progress: Callable[[str], None] | None = None) -> dict:
+    """The maintenance once; a summary (partitions created, rows moved, archived)."""
+    s = settings_mod.get()
+    say = progress or log.info
+    ahead_days = s.partitions_ahead_days if ahead_days is None else ahead_days
+    retention_days = s.retention_days if retention_days is None else retention_days
+    now = now or dt.datetime.now(dt.UTC)
+    today = now.astimezone(dt.UTC).date()
+    rep = Report()
+    t0 = time.perf_counter()
+    rep.moved = drain_default(dsn)
+    say(f"default partition: {rep.moved} rows moved into day partitions")
+    rep.created = ensure_ahead(dsn, today, ahead_days)
+    say(f"ahead: {rep.created} partitions created for {today}..."
+        f"{today + dt.timedelta(days=ahead_days)}")
+    if retention_days <= 0:
+        say("retention: off (retention_days = 0), nothing dropped")
+    else:
+        cutoff = dt.datetime.combine(today - dt.timedelta(days=retention_days), dt.time(),
+                                     tzinfo=dt.UTC)
+        with db.transaction(dsn) as cur:
+            old = [name for name, _lo, hi in partitions(cur) if hi <= cutoff]
+        say(f"retention: {len(old)} partitions wholly before {cutoff.date()} "
+            f"({retention_days} days)")
+        for name in old:
+            done = archive_partition(dsn, name, lake_root)
+            if done is None:
+                rep.kept_by_lock.append(name)
+                say(f"  {name}: interactions busy, kept for the next run")
+                continue
+            rep.archived.append(done)
+            say(f"  {name}: {done['rows']} rows exported to {done['path']}, dropped")
+    say(f"maintenance done in {time.perf_counter() - t0:.1f}s")
+    return rep.as_dict()
