@@ -7,6 +7,9 @@ page's item first), and top-up from the popular list of the same version. When t
 database is down or too slow, the answer comes from the in-memory popular list
 (``fallback: true``, ``source: "memory"``). Every fallback is counted by cause in
 ``recs_fallbacks_total`` (serve/metrics.py).
+
+No answer shows a blocked item (serve/blocks.py): every list, blended item and top-up is
+checked against the process's cached block set through :class:`Exclusions`.
 """
 
 from __future__ import annotations
@@ -30,10 +33,36 @@ log = logging.getLogger(__name__)
 bp = Blueprint("recommendations", __name__)
 
 BLEND_PER_ANCHOR = 2
+# At most this many list items are read beyond the answer's needs for blocked items.
+BLOCKED_SPARE = 50
 WATCHED_REASON = "Because you watched {title}"
 PAGE_REASON = "Similar to {title}"
 
 Entry = dict[str, Any]
+
+
+class Exclusions:
+    """Items an answer must not show: the request's own (which grows as items are taken)
+    and the blocked ones (the process's shared set, never copied per request)."""
+
+    __slots__ = ("own", "blocked")
+
+    def __init__(self, own: Iterable[int] = (), blocked: frozenset[int] = frozenset()
+                 ) -> None:
+        self.own = set(own)
+        self.blocked = blocked
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.own or item in self.blocked
+
+    def add(self, item: int) -> None:
+        self.own.add(item)
+
+    def update(self, items: Iterable[int]) -> None:
+        self.own.update(items)
+
+    def copy(self) -> Exclusions:
+        return Exclusions(self.own, self.blocked)
 
 
 # --- list building (pure) ----------------------------------------------------------------
@@ -47,7 +76,7 @@ def entry(item_id: int, score: float, reason: str, reason_item_id: int | None,
 
 def from_list(items: Sequence[int], scores: Sequence[float], reasons: Sequence[str],
               reason_item_ids: Sequence[int | None] | None, version: str | None,
-              blocked: set[int], default_reason: str = "",
+              blocked: Exclusions, default_reason: str = "",
               default_reason_item: int | None = None) -> list[Entry]:
     """Entries of a stored list in order, skipping ``blocked`` items (and adding them)."""
     out = []
@@ -64,7 +93,7 @@ def from_list(items: Sequence[int], scores: Sequence[float], reasons: Sequence[s
     return out
 
 
-def top_up(entries: list[Entry], popular: PopularList, blocked: set[int], limit: int
+def top_up(entries: list[Entry], popular: PopularList, blocked: Exclusions, limit: int
            ) -> list[Entry]:
     """Cut ``entries`` to ``limit``, filling a short list from ``popular``."""
     entries = entries[:limit]
@@ -79,15 +108,17 @@ def top_up(entries: list[Entry], popular: PopularList, blocked: set[int], limit:
     return entries
 
 
-def blend(read: UserRead, exclude: Iterable[int], limit: int, popular: PopularList,
+def blend(read: UserRead, exclude: Exclusions, limit: int, popular: PopularList,
           page_item: int | None = None) -> list[Entry]:
     """The personalized list: recent items and ``exclude`` removed, "Because you watched
     X" items (``BLEND_PER_ANCHOR`` per recent item, newest first; the product page's
     item, "Similar to X", before them) at positions 1, 3, 5..., then the precomputed
     list, then popular items when short."""
-    blocked = set(exclude) | set(read.recent)
+    blocked = exclude.copy()
+    blocked.update(read.recent)
     blended: list[Entry] = []
-    taken = blocked | set(read.history_tail)  # no blend re-offers a known item
+    taken = blocked.copy()
+    taken.update(read.history_tail)  # no blend re-offers a known item
     for anchor in read.anchors:
         template = PAGE_REASON if anchor.item_id == page_item else WATCHED_REASON
         reason = template.format(title=anchor.title)
@@ -121,7 +152,7 @@ def payload(entries: list[Entry], *, fallback: bool, source: str, model_version:
             "source": source, **ids, "model_version": model_version}
 
 
-def popular_payload(popular: PopularList, blocked: set[int], limit: int, source: str,
+def popular_payload(popular: PopularList, blocked: Exclusions, limit: int, source: str,
                     **ids: int | str | None) -> dict[str, Any]:
     entries = top_up([], popular, blocked, limit)
     return payload(entries, fallback=True, source=source, model_version=popular.model_version,
@@ -149,7 +180,7 @@ def _count_fallback(cause: str | None) -> None:
         services().metrics.inc("recs_fallbacks_total", endpoint=rule, cause=cause)
 
 
-def _memory(exc: Exception, blocked: set[int], limit: int, **ids: int | str | None
+def _memory(exc: Exception, blocked: Exclusions, limit: int, **ids: int | str | None
             ) -> Response:
     """The answer while the database is down, too slow or failing."""
     if isinstance(exc, DatabaseUnavailable):
@@ -162,7 +193,7 @@ def _memory(exc: Exception, blocked: set[int], limit: int, **ids: int | str | No
     return jsonify(popular_payload(popular, blocked, limit, "memory", **ids))
 
 
-def _from_popular(read: UserRead | ListRead | None, blocked: set[int], limit: int,
+def _from_popular(read: UserRead | ListRead | None, blocked: Exclusions, limit: int,
                   **ids: int | str | None) -> dict[str, Any]:
     """Popular items of the served version: no version, or no list for this request."""
     svc = services()
@@ -177,6 +208,16 @@ def _from_popular(read: UserRead | ListRead | None, blocked: set[int], limit: in
 
 
 DB_ERRORS = (DatabaseUnavailable, psycopg2.Error)
+
+
+def _exclusions(items: Iterable[int] = ()) -> Exclusions:
+    """``items`` and the blocked items."""
+    return Exclusions(items, services().blocks.get())
+
+
+def _spare(exclude: Exclusions) -> int:
+    """How many more list items to read so that blocked ones rarely leave a list short."""
+    return min(len(exclude.blocked), BLOCKED_SPARE)
 
 
 @bp.before_request
@@ -197,8 +238,8 @@ def recommendations(user_id: str) -> Response:
     item_id = _optional_id("item_id")
     if context == "product_page" and item_id is None:
         raise bad_request("item_id", "context=product_page requires item_id")
-    exclude = set(validation.exclude_ids(args.getlist("exclude"),
-                                         services().settings.exclude_max))
+    exclude = _exclusions(validation.exclude_ids(args.getlist("exclude"),
+                                                 services().settings.exclude_max))
     if item_id is not None:
         exclude.add(item_id)  # never recommend the item being looked at
     svc = services()
@@ -208,7 +249,7 @@ def recommendations(user_id: str) -> Response:
             return jsonify(_personalized(uid, exclude, limit, page_item))
         # Enough of the list for this response whatever it excludes (the store adds
         # the user's recent items); the anchor is excluded too.
-        fetch = limit + len(exclude) + 1
+        fetch = limit + len(exclude.own) + 1 + _spare(exclude)
         if rec_type == "similar":
             read = svc.store.read_similar(item_id, user_id=uid, fetch=fetch)
             return jsonify(_similar(read, exclude, limit, user_id=uid))
@@ -218,15 +259,17 @@ def recommendations(user_id: str) -> Response:
         return _memory(exc, exclude, limit, user_id=uid)
 
 
-def _personalized(uid: int, exclude: set[int], limit: int, page_item: int | None
+def _personalized(uid: int, exclude: Exclusions, limit: int, page_item: int | None
                   ) -> dict[str, Any]:
     svc = services()
     # What the response can use: the limit, plus every item that may be removed from
     # the list (excluded, blended in from anchors; the store adds the recent items).
-    fetch = limit + len(exclude) + BLEND_PER_ANCHOR * (ANCHORS + 1)
+    # Blocked items are not counted: the list's tail and the top-up make up for them.
+    fetch = limit + len(exclude.own) + BLEND_PER_ANCHOR * (ANCHORS + 1) + _spare(exclude)
     read = svc.store.read_user(uid, page_item=page_item, fetch=fetch)
     if read is None or read.items is None:
-        blocked = exclude | set(read.recent if read else ())
+        blocked = exclude.copy()
+        blocked.update(read.recent if read else ())
         return _from_popular(read, blocked, limit, user_id=uid)
     _count_fallback(read.degraded)
     entries = blend(read, exclude, limit, svc.popular.for_version(read.version), page_item)
@@ -234,9 +277,9 @@ def _personalized(uid: int, exclude: set[int], limit: int, page_item: int | None
                    model_version=read.version, user_id=uid)
 
 
-def _similar(read: ListRead | None, exclude: set[int], limit: int,
+def _similar(read: ListRead | None, exclude: Exclusions, limit: int,
              **ids: int | str | None) -> dict[str, Any]:
-    blocked = set(exclude)
+    blocked = exclude.copy()
     if read is not None:
         blocked.update(read.recent)
         if read.anchor_id is not None:
@@ -252,9 +295,9 @@ def _similar(read: ListRead | None, exclude: set[int], limit: int,
                    source="similar", model_version=read.version, **ids)
 
 
-def _trending(read: ListRead | None, exclude: set[int], limit: int,
+def _trending(read: ListRead | None, exclude: Exclusions, limit: int,
               **ids: int | str | None) -> dict[str, Any]:
-    blocked = set(exclude)
+    blocked = exclude.copy()
     if read is not None:
         blocked.update(read.recent)
     if read is None or read.items is None:
@@ -274,13 +317,14 @@ def _trending(read: ListRead | None, exclude: set[int], limit: int,
 def similar(item_id: str) -> Response:
     iid = validation.positive_id(item_id, "item_id")
     limit = _limit()
+    exclude = _exclusions({iid})
     try:
-        read = services().store.read_similar(iid, fetch=limit + 1)
+        read = services().store.read_similar(iid, fetch=limit + 1 + _spare(exclude))
         if read is not None and read.items is None and not read.anchor_known:
             raise ApiError(404, "not_found", f"item {iid} is unknown", "item_id")
-        return jsonify(_similar(read, {iid}, limit, item_id=iid))
+        return jsonify(_similar(read, exclude, limit, item_id=iid))
     except DB_ERRORS as exc:
-        return _memory(exc, {iid}, limit, item_id=iid)
+        return _memory(exc, exclude, limit, item_id=iid)
 
 
 @bp.get("/api/v1/trending")
@@ -292,16 +336,18 @@ def trending() -> Response:
     country = validation.country(request.args.get("country"))
     ids = {"category": category, "country": country}
     store = services().store
+    exclude = _exclusions()
+    fetch = limit + _spare(exclude)
     try:
         if country and category:
             read = store.read_trending(f"trending:country:{country}", category=category,
                                        fill_list=f"trending:category:{category}")
         elif country:
-            read = store.read_trending(f"trending:country:{country}", fetch=limit)
+            read = store.read_trending(f"trending:country:{country}", fetch=fetch)
         elif category:
-            read = store.read_trending(f"trending:category:{category}", fetch=limit)
+            read = store.read_trending(f"trending:category:{category}", fetch=fetch)
         else:
-            read = store.read_trending("trending", fetch=limit)
-        return jsonify(_trending(read, set(), limit, **ids))
+            read = store.read_trending("trending", fetch=fetch)
+        return jsonify(_trending(read, exclude, limit, **ids))
     except DB_ERRORS as exc:
-        return _memory(exc, set(), limit, **ids)
+        return _memory(exc, exclude, limit, **ids)

@@ -1,16 +1,23 @@
-"""The reader's database adapter: a small connection pool, a circuit breaker, the SQL.
+"""The reader's database adapter: a small connection pool, two circuit breakers, the SQL.
 
 Connections are opened with a short ``connect_timeout`` and a per-connection
 ``statement_timeout`` (set in the start-up packet, so it costs no round trip). Reads run
-in autocommit mode, one statement each; an event batch runs in one transaction.
+in autocommit mode, one statement each; an event batch runs in one transaction. No
+request ever runs DDL: an event whose day has no partition lands in the DEFAULT partition
+``interactions_default`` (sql/008_hardening.sql), which the maintenance task empties.
 
-When the database fails (refused, dropped, or a statement timed out), the breaker opens
-for ``backoff_s``: calls fail at once with :class:`DatabaseUnavailable` instead of
-waiting on dead connections, and the idle connections are thrown away. After the
-back-off the breaker is half open: one call (the probe) tries the database while the
-others still fail at once, so a database that is slow costs one request a statement
-timeout per back-off, not every request in flight. The probe's success closes the
-breaker: the reader recovers by itself.
+Reads and writes have separate breakers (:class:`Breaker`), so that reads timing out
+never refuse an event post, nor the reverse. A breaker opens for ``backoff_s`` when the
+database is gone (connection refused or dropped: at once) or when most recent calls failed
+(at least ``FAILURE_RATE`` of at least ``MIN_CALLS`` calls within ``WINDOW_S``): one
+user's slow query (a statement timeout) does not open it by itself. While open, calls
+fail at once with :class:`DatabaseUnavailable` instead of waiting on dead connections.
+After the back-off the breaker is half open: one call (the probe) tries the database
+while the others still fail at once; the probe's success closes the breaker.
+
+The recent-events scan behind real-time exclusion and "Because you watched" reads at
+most ``RECENT_SCAN_MAX`` of the user's newest events of at most ``RECENT_WINDOW``, so a
+user with a huge history costs the same as any other.
 
 The served version and the time up to which it saw events are cached per process (and
 re-read every ``LIVE_TTL_S``); every list read also returns the current
@@ -29,6 +36,7 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +66,15 @@ ANCHORS = 3
 # exclusions rarely leave a list short.
 SIMILAR_FETCH = 20
 RECENT_MAX = 1000
+# The recent-events scan reads at most this many of the user's newest events, and none
+# older than RECENT_WINDOW (also when the served lists are older than that).
+RECENT_SCAN_MAX = 5000
+RECENT_WINDOW = dt.timedelta(days=30)
+# The breaker opens when at least FAILURE_RATE of at least MIN_CALLS calls of the last
+# WINDOW_S seconds failed (a lost connection opens it at once).
+WINDOW_S = 5.0
+MIN_CALLS = 10
+FAILURE_RATE = 0.5
 
 # Connections held by a parent process before a fork: never used or closed by a child
 # (closing would end the parent's session).
@@ -148,13 +165,18 @@ SELECT s.live_version, s.previous_version,
 FROM serving_state s
 """
 
-# Items the user touched since the live lists were computed. ``since`` is a literal so
-# that the planner prunes interactions' day partitions; (user_id, "timestamp") is indexed.
+# Items the user touched since the live lists were computed: of the user's newest
+# ``scan_max`` events only (read backwards on the (user_id, "timestamp") index), so that
+# a user with a huge history costs no more than others. ``since`` prunes interactions'
+# day partitions when the statement runs.
 _RECENT_CTE = """
 recent AS (
-    SELECT item_id, max("timestamp") AS ts
-    FROM interactions
-    WHERE user_id = %(user_id)s AND "timestamp" > %(since)s
+    SELECT item_id, max(ts) AS ts
+    FROM (SELECT item_id, "timestamp" AS ts
+          FROM interactions
+          WHERE user_id = %(user_id)s AND "timestamp" > %(since)s
+          ORDER BY "timestamp" DESC
+          LIMIT %(scan_max)s) newest
     GROUP BY item_id
     ORDER BY ts DESC, item_id DESC
     LIMIT %(recent_max)s
@@ -274,17 +296,14 @@ SELECT items, scores FROM trending WHERE model_version = %(version)s AND list_na
 
 INSERT_EVENTS_SQL = """
 INSERT INTO interactions
-    (event_id, user_id, item_id, event_type, rating, "timestamp", context)
+    (event_id, user_id, item_id, event_type, rating, "timestamp", context, key_id)
 VALUES %s
 ON CONFLICT (event_id, "timestamp") DO NOTHING
 RETURNING 1
 """
 INSERT_EVENTS_TEMPLATE = (
-    "(COALESCE(%s, nextval('interactions_event_id_seq')), %s, %s, %s, %s, %s, %s::jsonb)"
+    "(COALESCE(%s, nextval('interactions_event_id_seq')), %s, %s, %s, %s, %s, %s::jsonb, %s)"
 )
-
-ENSURE_PARTITIONS_SQL = "SELECT recs_ensure_interaction_partitions(%s, %s)"
-KNOWN_DAYS_AHEAD = 7
 
 
 # --- prepared statements ----------------------------------------------------------------
@@ -343,6 +362,96 @@ POPULAR = statement("recs_popular", POPULAR_SQL)
 LOOKUP_KEY = statement("recs_lookup_key", LOOKUP_KEY_SQL.replace("%s", "%(prefix)s"))
 
 
+# --- the breakers ------------------------------------------------------------------------
+
+class Breaker:
+    """Fails calls at once while the database is gone or mostly failing.
+
+    Closed: every call goes through; :meth:`record` keeps the outcomes of the last
+    ``window_s`` seconds. It opens for ``backoff_s`` on a fatal failure (the connection
+    was refused or dropped: the server is gone) or when at least ``failure_rate`` of at
+    least ``min_calls`` recent calls failed (statement timeouts: one slow query alone
+    never opens it). Open: :meth:`admit` raises ``DatabaseUnavailable("backing_off")``.
+    Half open (back-off over): one call, the probe, goes through; its success closes the
+    breaker, its failure opens it again.
+    """
+
+    def __init__(self, name: str, backoff_s: float, *, window_s: float = WINDOW_S,
+                 min_calls: int = MIN_CALLS, failure_rate: float = FAILURE_RATE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.backoff_s = backoff_s
+        self.window_s = window_s
+        self.min_calls = min_calls
+        self.failure_rate = failure_rate
+        self.clock = clock
+        self.tripped = False
+        self._down_until = 0.0
+        self._probing = False
+        self._calls: deque[tuple[float, bool]] = deque()  # (time, failed)
+        self._failures = 0
+        self._lock = threading.Lock()
+
+    @property
+    def is_down(self) -> bool:
+        """True while open (back-off not over, or a probe in flight)."""
+        return self.tripped and (self.clock() < self._down_until or self._probing)
+
+    def admit(self) -> bool:
+        """Let a call through; True when it is the half-open probe (then pass
+        ``probe=True`` to :meth:`record`)."""
+        if not self.tripped:
+            return False
+        with self._lock:
+            if self.tripped:
+                if self.clock() < self._down_until or self._probing:
+                    raise DatabaseUnavailable("database unavailable (backing off)",
+                                              cause="backing_off")
+                self._probing = True
+                return True
+        return False
+
+    def record(self, failed: bool, *, fatal: bool = False, probe: bool = False,
+               exc: BaseException | None = None) -> bool:
+        """Count a call's outcome; True when this call opened the breaker."""
+        now = self.clock()
+        with self._lock:
+            if probe:
+                self._probing = False
+                if not failed:
+                    self.tripped = False
+                    log.warning("database answers again: %s breaker closed", self.name)
+                    return False
+                return self._open(now, exc, first=False)
+            if not failed and not self._calls:
+                return False  # the common case: nothing failed lately, nothing to keep
+            self._calls.append((now, failed))
+            self._failures += failed
+            while self._calls and self._calls[0][0] < now - self.window_s:
+                self._failures -= self._calls.popleft()[1]
+            if not failed or self.tripped:
+                if not self._failures:
+                    self._calls.clear()
+                return False
+            if fatal or (len(self._calls) >= self.min_calls
+                         and self._failures >= self.failure_rate * len(self._calls)):
+                return self._open(now, exc, first=True)
+            return False
+
+    def _open(self, now: float, exc: BaseException | None, first: bool) -> bool:
+        self._down_until = now + self.backoff_s
+        was = self.tripped
+        self.tripped = True
+        self._calls.clear()
+        self._failures = 0
+        if first and not was:
+            detail = str(exc).strip().splitlines()[0] if exc is not None and str(exc) \
+                else type(exc).__name__
+            log.warning("database unavailable: %s breaker open for %.1fs (%s)", self.name,
+                        self.backoff_s, detail)
+        return True
+
+
 # --- the store ---------------------------------------------------------------------------
 
 class Store:
@@ -361,46 +470,26 @@ class Store:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(pool_max)
         self._pid = os.getpid()
-        self._tripped = False
-        self._down_until = 0.0
-        self._probing = False
+        self.breakers = {"read": Breaker("read", backoff_s),
+                         "write": Breaker("write", backoff_s)}
         self._live: LiveState | None = None
         self._live_expires = 0.0
-        self._known_days: set[dt.date] = set()
         # Called with the new LiveState when the served version is seen to change.
         self.on_switch: list[Callable[[LiveState], None]] = []
 
-    # -- breaker and pool --
+    # -- breakers and pool --
 
     @property
     def is_down(self) -> bool:
-        """True while the breaker is open (back-off not over, or a probe in flight)."""
-        return self._tripped and (time.monotonic() < self._down_until or self._probing)
+        """True while the reads' breaker is open (back-off not over, or a probe in flight)."""
+        return self.breakers["read"].is_down
 
-    def _trip(self, exc: BaseException) -> None:
-        first = not self._tripped
-        self._down_until = time.monotonic() + self.backoff_s
-        self._tripped = True
+    def _drop_idle(self) -> None:
+        """Close the idle connections (the server went away: they are dead too)."""
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
             _close_quietly(conn)
-        if first:
-            log.warning("database unavailable, serving fallbacks (back-off %.1fs): %s",
-                        self.backoff_s, str(exc).strip().splitlines()[0] if str(exc) else exc)
-
-    def _admit(self) -> bool:
-        """Let a call through the breaker; True when the call is the half-open probe."""
-        if not self._tripped:
-            return False
-        with self._lock:
-            if self._tripped:
-                if time.monotonic() < self._down_until or self._probing:
-                    raise DatabaseUnavailable("database unavailable (backing off)",
-                                              cause="backing_off")
-                self._probing = True
-                return True
-        return False
 
     def _connect(self) -> psycopg2.extensions.connection:
         options = (f"-c statement_timeout={int(self.statement_timeout_ms)} -c jit=off "
@@ -440,10 +529,13 @@ class Store:
         _close_quietly(conn)
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg2.extensions.connection]:
-        """A pooled autocommit connection; database failures become DatabaseUnavailable."""
-        probe = self._admit()
-        failed = False
+    def connection(self, kind: str = "read") -> Iterator[psycopg2.extensions.connection]:
+        """A pooled autocommit connection guarded by the ``kind`` breaker (``read`` or
+        ``write``); database failures become DatabaseUnavailable."""
+        breaker = self.breakers[kind]
+        probe = breaker.admit()
+        failed = fatal = False
+        error: BaseException | None = None
         try:
             if not self._slots.acquire(timeout=self.connect_timeout_s):
                 raise DatabaseUnavailable("no free database connection")
@@ -454,12 +546,17 @@ class Store:
                     yield conn
                 except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                     timeout = isinstance(exc, psycopg2.extensions.QueryCanceledError)
+                    # Refused, or dropped under the call: the server is gone. Anything
+                    # else (a timeout, a deadlock) only counts towards the failure rate.
+                    fatal = conn is None or bool(conn.closed) or \
+                        isinstance(exc, psycopg2.InterfaceError)
                     if conn is not None and not timeout:
                         _close_quietly(conn)
-                    failed = True
-                    self._trip(exc)
+                    failed, error = True, exc
+                    if fatal:
+                        self._drop_idle()
                     raise DatabaseUnavailable(
-                        str(exc).strip() or type(exc).__name__,
+                        "statement timeout" if timeout else "database unavailable",
                         cause="statement_timeout" if timeout else "database_unavailable",
                     ) from exc
                 except BaseException:
@@ -475,11 +572,7 @@ class Store:
             finally:
                 self._slots.release()
         finally:
-            if probe:
-                if not failed:
-                    self._tripped = False
-                    log.warning("database answers again: breaker closed")
-                self._probing = False
+            breaker.record(failed, fatal=fatal, probe=probe, exc=error)
 
     def fetchone(self, sql: str | Statement, params: Any = None) -> tuple | None:
         """One row of ``sql`` (a Statement is prepared on first use per connection)."""
@@ -492,6 +585,12 @@ class Store:
             else:
                 cur.execute(sql, params)
             return cur.fetchone()
+
+    def fetchall(self, sql: str, params: Any = None) -> list[tuple]:
+        """All rows of ``sql`` (a read, through the reads' breaker)."""
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
 
     def close(self) -> None:
         with self._lock:
@@ -544,9 +643,11 @@ class Store:
                     state = self.live_state(refresh=True)
                     continue
                 return None
-            since = state.data_until or dt.datetime.now(dt.UTC)
+            now = dt.datetime.now(dt.UTC)
+            since = max(state.data_until or now, now - RECENT_WINDOW)
             row = self.fetchone(sql, {**params, "version": state.version, "since": since,
-                                      "recent_max": RECENT_MAX})
+                                      "recent_max": RECENT_MAX,
+                                      "scan_max": RECENT_SCAN_MAX})
             if row is not None and row[0] == state.live and row[-1] is not False:
                 return state, row[:-1]
             state = self.live_state(refresh=True)
@@ -643,28 +744,14 @@ class Store:
 
     # -- writes --
 
-    def insert_events(self, rows: Sequence[tuple], days: set[dt.date]) -> int:
+    def insert_events(self, rows: Sequence[tuple]) -> int:
         """Store event rows in one transaction; returns how many were new.
 
         ``rows`` are (event_id|None, user_id, item_id, event_type, rating, timestamp,
-        context_json|None). Missing day partitions are created first (and once per
-        process per day); a partition missing despite the cache is created on the
-        "no partition" error and the batch retried.
+        context_json|None, key_id|None). No DDL: a row whose day has no partition is
+        stored in ``interactions_default``. Guarded by the writes' breaker.
         """
-        unknown = days - self._known_days
-        if unknown:
-            self.ensure_days(unknown)
-        try:
-            return self._insert(rows)
-        except psycopg2.Error as exc:
-            if "no partition of relation" not in str(exc):
-                raise
-            self._known_days -= days
-            self.ensure_days(days)
-            return self._insert(rows)
-
-    def _insert(self, rows: Sequence[tuple]) -> int:
-        with self.connection() as conn:
+        with self.connection("write") as conn:
             conn.autocommit = False
             with conn, conn.cursor() as cur:  # commits, or rolls back on error
                 stored = psycopg2.extras.execute_values(
@@ -672,21 +759,6 @@ class Store:
                     page_size=max(len(rows), 1), fetch=True)
             conn.autocommit = True
             return len(stored)
-
-    def ensure_days(self, days: set[dt.date]) -> None:
-        """Create the interaction partitions for ``days`` (and the week after each)."""
-        with self.connection() as conn:
-            conn.autocommit = False
-            with conn, conn.cursor() as cur:
-                # Creating a partition may wait on locks: allow longer than a read.
-                cur.execute("SET LOCAL statement_timeout = '5s'")
-                for day in sorted(days):
-                    cur.execute(ENSURE_PARTITIONS_SQL,
-                                (day, day + dt.timedelta(days=KNOWN_DAYS_AHEAD)))
-            conn.autocommit = True
-        for day in days:
-            self._known_days.update(day + dt.timedelta(days=i)
-                                    for i in range(KNOWN_DAYS_AHEAD + 1))
 
 
 def _resolve(row: tuple | None) -> LiveState:

@@ -150,17 +150,18 @@ def test_events_need_a_key_with_the_events_scope(settings, dsn, caplog):
         assert secret not in caplog.text and secret not in metrics
 
 
-def test_reads_open_by_default_or_keyed_by_configuration(settings, dsn, monkeypatch):
+def test_reads_keyed_by_default_or_open_by_configuration(settings, dsn, monkeypatch):
     publish_fixture(dsn)
     read_key = make_key(dsn, ("read",))
     events_key = make_key(dsn, ("events",))
     paths = ["/api/v1/recommendations/7", "/api/v1/similar/20", "/api/v1/trending"]
 
+    monkeypatch.setenv("RECS_READ_KEYS_REQUIRED", "false")  # the trusted-network opt-out
     open_client = _app(settings).test_client()
     for path in paths:
         assert open_client.get(path).status_code == 200
 
-    monkeypatch.setenv("RECS_READ_KEYS_REQUIRED", "true")
+    monkeypatch.delenv("RECS_READ_KEYS_REQUIRED")  # the default: reads need a key
     keyed = _app(settings).test_client()
     for path in paths:
         r = keyed.get(path)

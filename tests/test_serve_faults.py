@@ -185,8 +185,10 @@ def test_database_down_and_back(own_pg, own_db, tmp_path):
         assert _metric(server, "recs_http_requests_total", endpoint="/api/v1/events",
                        status="503") == 4
 
-        # A server started while the database is down serves the snapshot.
-        late = Gunicorn(url, home)
+        # A server started while the database is down serves the snapshot. (It cannot
+        # check a key it never saw: this one runs with reads open, the trusted-network
+        # opt-out.)
+        late = Gunicorn(url, home, env={"RECS_READ_KEYS_REQUIRED": "false"})
         elapsed, body = _timed_get(late, "/api/v1/recommendations/7?limit=2")
         assert body["source"] == "memory" and body["fallback"] is True
         assert ids(body) == [33, 34] and body["model_version"] == "snapshot-v0"
@@ -215,8 +217,15 @@ def test_database_down_and_back(own_pg, own_db, tmp_path):
 def test_no_database_and_no_snapshot(tmp_path):
     url = f"postgresql://recs@127.0.0.1:{free_port()}/recs"  # nothing listens there
     server = Gunicorn(url, tmp_path / "home", api_key=UNKNOWN_KEY)
+    open_reads = None
     try:
-        elapsed, body = _timed_get(server, "/api/v1/recommendations/7")
+        open_reads = Gunicorn(url, tmp_path / "home2",
+                              env={"RECS_READ_KEYS_REQUIRED": "false"})
+        # A key that cannot be checked: 503 for a read too, never the data.
+        r = server.get("/api/v1/recommendations/7")
+        assert r.status_code == 503 and "recommendations" not in r.json()
+        # Reads open (the opt-out): the answer from memory, here empty.
+        elapsed, body = _timed_get(open_reads, "/api/v1/recommendations/7")
         assert body == {"recommendations": [], "experiment_id": None, "fallback": True,
                         "source": "memory", "user_id": 7, "model_version": None}
         assert server.get("/readyz").status_code == 503
@@ -224,6 +233,8 @@ def test_no_database_and_no_snapshot(tmp_path):
         assert r.status_code == 503 and "Retry-After" in r.headers
     finally:
         server.stop()
+        if open_reads is not None:
+            open_reads.stop()
 
 
 # --- slower than the statement timeout ---------------------------------------------------
@@ -247,6 +258,7 @@ def test_slow_database_answers_from_memory_within_budget(own_pg, own_db, tmp_pat
         def client(_: int) -> list[tuple[float, dict]]:
             out = []
             session = requests.Session()
+            session.headers["X-API-Key"] = server.api_key
             stop_at = time.monotonic() + seconds
             while time.monotonic() < stop_at:
                 t0 = time.perf_counter()
@@ -437,7 +449,7 @@ def test_publish_while_reading_never_mixes_versions(own_pg, own_db, tmp_path):
     url = own_db
     publish_fixture(url)  # the catalog, and a first version
     publish_by_sql(url, "vA")
-    server = Gunicorn(url, tmp_path / "home")
+    server = Gunicorn(url, tmp_path / "home", api_key=make_key(url, ("read",)))
     paths = ["/api/v1/recommendations/7?limit=10", "/api/v1/recommendations/999?limit=5",
              "/api/v1/similar/20?limit=6", "/api/v1/trending?limit=4"]
     stop = threading.Event()
@@ -456,6 +468,7 @@ def test_publish_while_reading_never_mixes_versions(own_pg, own_db, tmp_path):
 
     def reader(k: int) -> None:
         session = requests.Session()
+        session.headers["X-API-Key"] = server.api_key
         i = 0
         while not stop.is_set():
             path = paths[(i + k) % len(paths)]
