@@ -18,6 +18,12 @@ def metadata_url(s: Settings) -> str:
     return urlunsplit(("postgresql+psycopg2", parts.netloc, "/airflow", parts.query, ""))
 
 
+def metadata_conn(s: Settings) -> str:
+    """The metadata database Airflow will use: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN when
+    set, else :func:`metadata_url`."""
+    return os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or metadata_url(s)
+
+
 def migration_marker(s: Settings) -> Path:
     """The file recording that Airflow's metadata database was migrated: one per Airflow
     version and per metadata database (a hash of its URL without any password), so that
@@ -26,7 +32,7 @@ def migration_marker(s: Settings) -> Path:
 
     from core.db import redact
 
-    key = hashlib.sha256(redact(metadata_url(s)).encode()).hexdigest()[:12]
+    key = hashlib.sha256(redact(metadata_conn(s)).encode()).hexdigest()[:12]
     return s.airflow_home / f".migrated-{version('apache-airflow')}-{key}"
 
 
@@ -40,7 +46,7 @@ def metadata_migrated(s: Settings) -> bool:
     from core.db import libpq_dsn
 
     try:
-        conn = psycopg2.connect(libpq_dsn(metadata_url(s)), connect_timeout=10)
+        conn = psycopg2.connect(libpq_dsn(metadata_conn(s)), connect_timeout=10)
     except psycopg2.Error:
         return False
     try:

@@ -15,7 +15,6 @@ import os
 import uuid
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from core import localpg, migrate

@@ -79,3 +79,14 @@ def test_spark_connection_takes_the_master_from_settings(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=300)
     assert "MASTER=local[2]" in r.stdout, r.stderr[-2000:]
+
+
+def test_maintenance_policy(parsed):
+    """The partition maintenance (jobs/maintenance.py) runs hourly, no catch-up."""
+    dag = parsed["dags"]["maintenance"]
+    assert set(dag["tasks"]) == {"maintain_partitions"}
+    assert dag["tags"] == ["maintenance", "recs"]
+    assert dag["catchup"] is False and dag["max_active_runs"] == 1
+    assert dag["timetable"] == "CronDataIntervalTimetable"
+    assert dag["timetable_args"]["expression"] == "15 * * * *"
+    assert all(t["retries"] == 2 for t in dag["tasks"].values())
