@@ -204,7 +204,7 @@ def timestamp(raw: Any, field: str, now: dt.datetime, window: Window = Window()
     if value < MIN_TIMESTAMP:
         raise bad_request(field, f"{field} is before 1970")
     if value > now + window.max_ahead or value < now - window.max_age:
-        raise outside_window(field, now, window)
+        raise outside_window(field, now, window, too_old=value < now)
     return value
 
 
@@ -214,15 +214,17 @@ def _days(delta: dt.timedelta) -> str:
     return f"{text} day" if text == "1" else f"{text} days"
 
 
-def outside_window(field: str, now: dt.datetime, window: Window) -> ApiError:
+def outside_window(field: str, now: dt.datetime, window: Window, too_old: bool
+                   ) -> ApiError:
     """A 422: a well-formed time outside the accepted window."""
     first = (now - window.max_age).isoformat(timespec="seconds")
     last = (now + window.max_ahead).isoformat(timespec="seconds")
+    hint = ("older history is loaded with recs ingest" if too_old
+            else "check the client's clock")
     return ApiError(422, "outside_window",
                     f"{field} is outside the accepted window: events may be at most "
                     f"{_days(window.max_age)} old and {_days(window.max_ahead)} ahead "
-                    f"(now from {first} to {last}); older history goes through the "
-                    "loader (recs ingest)", field)
+                    f"(at present {first} to {last}); {hint}", field)
 
 
 def event(raw: Any, prefix: str, now: dt.datetime, window: Window = Window(),
