@@ -219,7 +219,7 @@ def outside_window(field: str, now: dt.datetime, window: Window, too_old: bool
     """A 422: a well-formed time outside the accepted window."""
     first = (now - window.max_age).isoformat(timespec="seconds")
     last = (now + window.max_ahead).isoformat(timespec="seconds")
-    hint = ("older history is loaded with recs ingest" if too_old
+    hint = ("older history is loaded with recs load" if too_old
             else "check the client's clock")
     return ApiError(422, "outside_window",
                     f"{field} is outside the accepted window: events may be at most "
