@@ -441,19 +441,27 @@ def cmd_examples(args, s) -> int:
     user, item = row
     from serve import apikeys
 
-    with db.transaction(s.dsn) as cur:  # a fresh key for the example event
-        if _has_key(cur, "demo"):
-            apikeys.revoke(cur, "demo")
-        _, key = apikeys.create(cur, "demo", ("events",))
+    with db.transaction(s.dsn) as cur:  # fresh keys: reads need one by default
+        keys = {}
+        for name, scope in (("demo-read", "read"), ("demo", "events")):
+            if _has_key(cur, name):
+                apikeys.revoke(cur, name)
+            _, keys[scope] = apikeys.create(cur, name, (scope,))
+    read, events = keys["read"], keys["events"]
     base = f"http://{args.bind}/api/v1"
+    print("API keys for these examples (shown once; `recs keys revoke demo-read` and "
+          "`recs keys revoke demo` end them):")
+    print(f"  read:   {read}")
+    print(f"  events: {events}")
     print("Try:")
-    print(f"  curl -s '{base}/recommendations/{user}?limit=5'")
-    print(f"  curl -s '{base}/similar/{item}?limit=5'")
+    print(f"  curl -s -H 'X-API-Key: {read}' '{base}/recommendations/{user}?limit=5'")
+    print(f"  curl -s -H 'X-API-Key: {read}' '{base}/similar/{item}?limit=5'")
     print(f"  curl -s -X POST {base}/events -H 'Content-Type: application/json' "
-          f"-H 'X-API-Key: {key}' "
+          f"-H 'X-API-Key: {events}' "
           f"-d '{{\"user_id\": {user}, \"item_id\": {item}, \"event_type\": \"view\", "
           f"\"timestamp\": \"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}\"}}'")
-    print(f"  curl -s '{base}/recommendations/{user}?type=trending&limit=5'")
+    print(f"  curl -s -H 'X-API-Key: {read}' "
+          f"'{base}/recommendations/{user}?type=trending&limit=5'")
     return 0
 
 

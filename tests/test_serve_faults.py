@@ -332,6 +332,7 @@ def test_missing_live_version_serves_previous_then_popular(own_pg, own_db, tmp_p
     app = create_app({"SETTINGS": s, "TESTING": True, "STORE_BACKOFF_S": 0.2,
                       "LIVE_TTL_S": 0.05})
     client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = make_key(url, ("read",))
     path = "/api/v1/recommendations/7?limit=3"
     body = client.get(path).get_json()
     assert body["model_version"] == VERSION and body["fallback"] is False
@@ -449,7 +450,9 @@ def test_publish_while_reading_never_mixes_versions(own_pg, own_db, tmp_path):
     url = own_db
     publish_fixture(url)  # the catalog, and a first version
     publish_by_sql(url, "vA")
-    server = Gunicorn(url, tmp_path / "home", api_key=make_key(url, ("read",)))
+    # The per-key rate limit is off: this test reads as fast as it can with one key.
+    server = Gunicorn(url, tmp_path / "home", api_key=make_key(url, ("read",)),
+                      env={"RECS_KEY_RATE_PER_S": "0"})
     paths = ["/api/v1/recommendations/7?limit=10", "/api/v1/recommendations/999?limit=5",
              "/api/v1/similar/20?limit=6", "/api/v1/trending?limit=4"]
     stop = threading.Event()
