@@ -11,6 +11,10 @@ loaded is kept while the database has none to replace it.
 A list read from the database is topped up with the popular list of its own version
 (:meth:`PopularCache.for_version`), so that no answer mixes two versions while a switch
 is being noticed.
+
+The list is kept whole here: blocked items (serve/blocks.py) are dropped where it is used
+(serve/recommendations.py ``top_up``), so a new block reaches the popular answers and the
+answers from memory within the block set's refresh, not the popular list's.
 """
 
 from __future__ import annotations

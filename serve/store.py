@@ -438,6 +438,11 @@ class Breaker:
                 return self._open(now, exc, first=True)
             return False
 
+    def release_probe(self) -> None:
+        """The probe did not reach the database: leave the breaker half open."""
+        with self._lock:
+            self._probing = False
+
     def _open(self, now: float, exc: BaseException | None, first: bool) -> bool:
         self._down_until = now + self.backoff_s
         was = self.tripped
@@ -534,7 +539,7 @@ class Store:
         ``write``); database failures become DatabaseUnavailable."""
         breaker = self.breakers[kind]
         probe = breaker.admit()
-        failed = fatal = False
+        tried = failed = fatal = False
         error: BaseException | None = None
         try:
             if not self._slots.acquire(timeout=self.connect_timeout_s):
@@ -542,6 +547,7 @@ class Store:
             conn = None
             try:
                 try:
+                    tried = True
                     conn = self._checkout()
                     yield conn
                 except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
@@ -572,7 +578,10 @@ class Store:
             finally:
                 self._slots.release()
         finally:
-            breaker.record(failed, fatal=fatal, probe=probe, exc=error)
+            if tried:
+                breaker.record(failed, fatal=fatal, probe=probe, exc=error)
+            elif probe:
+                breaker.release_probe()  # the database was not tried: the next call probes
 
     def fetchone(self, sql: str | Statement, params: Any = None) -> tuple | None:
         """One row of ``sql`` (a Statement is prepared on first use per connection)."""

@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 
 from serve.app import create_app
-from serve.store import Store
+from serve.store import Breaker, DatabaseUnavailable, Store
 from tests.test_serve import (
     DATA_UNTIL,
     LISTS,
@@ -295,6 +295,40 @@ def test_a_user_with_a_huge_history_does_not_open_the_breaker(settings, dsn):
         assert [r.get_json()["source"] for r in heavy].count("memory") <= 1
     finally:
         app.extensions["recs"].store.close()
+
+
+def test_breaker_opens_on_a_rate_or_a_lost_connection():
+    """The breaker's rule on its own (a clock that the test moves)."""
+    now = [0.0]
+    b = Breaker("read", backoff_s=1.0, clock=lambda: now[0])
+    timeout = psycopg2.extensions.QueryCanceledError("canceling statement")
+    # One slow user: a timeout every 0.3 s among 30 good calls a second never opens it.
+    for i in range(300):
+        now[0] += 1 / 30
+        assert b.admit() is False
+        assert b.record(i % 10 == 0, exc=timeout) is False
+    # Most calls failing: open once at least half of at least 10 calls of the last 5 s
+    # failed (about 135 good and 15 failed calls are in the window when they start).
+    opened = [b.record(True, exc=timeout) for _ in range(200)]
+    assert 115 <= opened.index(True) <= 125 and b.is_down
+    # After a quiet spell, 10 failures in a row.
+    now[0] += 10.0
+    b.record(False, probe=b.admit())
+    opened = [b.record(True, exc=timeout) for _ in range(20)]
+    assert opened.index(True) == 9 and b.is_down
+    with pytest.raises(DatabaseUnavailable) as info:
+        b.admit()
+    assert info.value.cause == "backing_off"
+    # Half open after the back-off: one probe; its success closes the breaker.
+    now[0] += 1.1
+    assert b.admit() is True
+    with pytest.raises(DatabaseUnavailable):
+        b.admit()  # the others still fail at once while the probe runs
+    b.record(False, probe=True)
+    assert not b.is_down and b.admit() is False
+    # A lost connection opens it at once.
+    assert b.record(True, fatal=True, exc=psycopg2.OperationalError("gone")) is True
+    assert b.is_down
 
 
 def test_failing_writes_do_not_refuse_reads(settings, dsn):
