@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from core import db, lake
 from core import settings as settings_mod
+from jobs import maintenance
 
 log = logging.getLogger("recs.extract")
 
@@ -70,11 +71,13 @@ def run(day: dt.date, *, dsn: str | None = None, lake_root: Path | None = None,
     t0 = time.perf_counter()
     conn = db.connect(dsn)
     try:
-        with conn.cursor() as cur:
-            # Keep partitions ready ahead of the events that will arrive.
-            cur.execute("SELECT recs_ensure_interaction_partitions(%s, %s)",
-                        (day, day + dt.timedelta(days=ahead_days)))
-        conn.commit()
+        # Keep partitions ready ahead of the events that will arrive (the maintenance DAG
+        # does too; events of a day without one wait in interactions_default, which this
+        # read includes).
+        try:
+            maintenance.ensure_ahead(dsn, day, ahead_days)
+        except maintenance.Busy as exc:
+            log.warning("partitions ahead not created: %s", exc)
         with conn.cursor(name="extract_events") as cur, lake.atomic_dir(events_dir) as tmp:
             cur.itersize = CHUNK
             sql = ('SELECT event_id, user_id, item_id, event_type, rating, "timestamp" '

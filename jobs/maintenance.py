@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 ARCHIVE = ("archive", "interactions")
 CHUNK = 50_000
-# Detaching a partition takes an exclusive lock on ``interactions``, which readers also
-# use: wait at most this long for it (readers queue behind a waiting DETACH), then retry.
+# Creating or detaching a partition locks ``interactions``, which readers also use: wait
+# at most this long for the lock (readers queue behind a waiting DDL), then retry.
 LOCK_TIMEOUT_MS = 500
 LOCK_TRIES = 5
 _BOUND = re.compile(r"FOR VALUES FROM \('([^']+)'\) TO \('([^']+)'\)")
@@ -48,7 +48,8 @@ class Report:
     created: int = 0
     moved: int = 0
     archived: list[dict] = field(default_factory=list)  # {partition, rows, path}
-    kept_by_lock: list[str] = field(default_factory=list)  # retried next run
+    # Steps and partitions left for the next run: interactions stayed locked.
+    kept_by_lock: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"created": self.created, "moved": self.moved, "archived": self.archived,
@@ -85,19 +86,38 @@ def partitions(cur) -> list[tuple[str, dt.datetime, dt.datetime]]:
     return sorted(out, key=lambda p: p[1])
 
 
+class Busy(RuntimeError):
+    """``interactions`` stayed locked (a long query) through every try."""
+
+
+def _ddl(dsn: str | None, sql: str, params: tuple = ()) -> int:
+    """Run one partition-creating statement in its own transaction under lock_timeout:
+    creating a partition locks ``interactions``, and readers queue behind a DDL that
+    waits (behind a long analyst query, say). Retried a few times, then :class:`Busy`."""
+    import psycopg2
+
+    for attempt in range(LOCK_TRIES):
+        try:
+            with db.transaction(dsn) as cur:
+                cur.execute("SET LOCAL lock_timeout = %s", (f"{LOCK_TIMEOUT_MS}ms",))
+                cur.execute(sql, params)
+                return cur.fetchone()[0]
+        except psycopg2.errors.LockNotAvailable:
+            log.warning("interactions busy (try %d of %d)", attempt + 1, LOCK_TRIES)
+            time.sleep(0.5 * (attempt + 1))
+    raise Busy(f"interactions stayed locked through {LOCK_TRIES} tries of "
+               f"{LOCK_TIMEOUT_MS} ms; the next run tries again")
+
+
 def ensure_ahead(dsn: str | None, today: dt.date, ahead_days: int) -> int:
     """Day partitions for today .. today + ahead_days; the number created now."""
-    with db.transaction(dsn) as cur:
-        cur.execute("SELECT recs_ensure_interaction_partitions(%s, %s)",
-                    (today, today + dt.timedelta(days=ahead_days)))
-        return cur.fetchone()[0]
+    return _ddl(dsn, "SELECT recs_ensure_interaction_partitions(%s, %s)",
+                (today, today + dt.timedelta(days=ahead_days)))
 
 
 def drain_default(dsn: str | None) -> int:
     """Move the DEFAULT partition's rows into partitions of their own; rows moved."""
-    with db.transaction(dsn) as cur:
-        cur.execute("SELECT recs_drain_default_partition()")
-        return cur.fetchone()[0]
+    return _ddl(dsn, "SELECT recs_drain_default_partition()")
 
 
 def _export(cur, partition: str, tmp: Path) -> int:
@@ -182,11 +202,19 @@ def run(now: dt.datetime | None = None, *, dsn: str | None = None,
     today = now.astimezone(dt.UTC).date()
     rep = Report()
     t0 = time.perf_counter()
-    rep.moved = drain_default(dsn)
-    say(f"default partition: {rep.moved} rows moved into day partitions")
-    rep.created = ensure_ahead(dsn, today, ahead_days)
-    say(f"ahead: {rep.created} partitions created for {today}..."
-        f"{today + dt.timedelta(days=ahead_days)}")
+    try:
+        rep.moved = drain_default(dsn)
+        say(f"default partition: {rep.moved} rows moved into day partitions")
+    except Busy as exc:
+        rep.kept_by_lock.append("interactions_default")
+        say(f"default partition: not emptied, {exc}")
+    try:
+        rep.created = ensure_ahead(dsn, today, ahead_days)
+        say(f"ahead: {rep.created} partitions created for {today}..."
+            f"{today + dt.timedelta(days=ahead_days)}")
+    except Busy as exc:
+        rep.kept_by_lock.append("ahead")
+        say(f"ahead: no partition created, {exc}")
     if retention_days <= 0:
         say("retention: off (retention_days = 0), nothing dropped")
     else:

@@ -8,6 +8,8 @@ written as the reader writes them: through the parent table, as role ``recs_read
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 
 import psycopg2
 import pyarrow.parquet as pq
@@ -127,6 +129,11 @@ def test_partitions_are_created_ahead(settings):
     have = names(settings.dsn)
     for k in range(4):
         assert day_name(TODAY + dt.timedelta(days=k)) in have
+    # The reader writes into partitions the pipeline created after the grants (sql/009):
+    # through the parent, whose privileges are the ones checked.
+    insert_as_reader(settings.dsn, [NOW, NOW + dt.timedelta(days=2)])
+    assert where(settings.dsn) == {day_name(TODAY): 1,
+                                   day_name(TODAY + dt.timedelta(days=2)): 1}
 
 
 def test_retention_exports_every_row_then_drops(settings, tmp_path):
@@ -188,3 +195,39 @@ def test_bad_retention_setting_is_refused(days):
 
     with pytest.raises(settings_mod.SettingsError, match="RECS_RETENTION_DAYS"):
         settings_mod.load(env={"RECS_RETENTION_DAYS": days})
+
+
+def test_maintenance_never_makes_readers_queue_behind_a_long_query(settings, monkeypatch):
+    """A long query holds ``interactions`` (an analyst's); partition DDL would wait for it
+    and every reader would queue behind the waiting DDL. The maintenance waits at most
+    LOCK_TIMEOUT_MS per try, gives up, and says so; readers meanwhile wait no longer than
+    that. (Before: no lock_timeout, the DDL and then every reader waited for the query.)"""
+    dsn = settings.dsn
+    monkeypatch.setattr(maintenance, "LOCK_TRIES", 2)
+    analyst = psycopg2.connect(dsn)
+    analyst.cursor().execute("SELECT count(*) FROM interactions")  # lock held: open txn
+    out: dict = {}
+    job = threading.Thread(target=lambda: out.update(
+        maintenance.run(NOW, ahead_days=2, retention_days=0)))
+    waits = []
+    try:
+        job.start()
+        reader = psycopg2.connect(role_url(dsn, READER_ROLE),
+                                  options="-c statement_timeout=2000")
+        reader.autocommit = True
+        while job.is_alive():
+            t0 = time.perf_counter()
+            with reader.cursor() as cur:
+                cur.execute("SELECT count(*) FROM interactions WHERE user_id = 1")
+            waits.append(time.perf_counter() - t0)
+            time.sleep(0.05)
+        reader.close()
+    finally:
+        job.join(timeout=60)
+        analyst.rollback()
+        analyst.close()
+    assert out["kept_by_lock"] == ["ahead"]
+    assert len(waits) > 5 and max(waits) < maintenance.LOCK_TIMEOUT_MS / 1000 + 0.4
+    assert day_name(TODAY) not in names(dsn)
+    # With the query gone, the next run does it.
+    assert maintenance.run(NOW, ahead_days=2, retention_days=0)["created"] == 3
