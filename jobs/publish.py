@@ -405,78 +405,91 @@ def _retire(dsn: str, *, keep: int, wait_s: float) -> dict:
     try:
         with conn.cursor() as cur:
             cur.execute(f"SET lock_timeout = {max(1, int(wait_s * 1000))}")
-            # (1) pending detaches.
-            for table in LIST_TABLES:
-                for part, is_pending in _partitions(cur, table):
-                    if not is_pending:
-                        continue
-                    try:
-                        cur.execute(f"ALTER TABLE {table} DETACH PARTITION {part} FINALIZE")
-                        cur.execute(f"DROP TABLE IF EXISTS {part}")
-                    except (psycopg2.errors.LockNotAvailable,
-                            psycopg2.errors.UndefinedTable) as exc:
-                        log.warning("%s: finishing the detach of %s waits: %s", table, part,
-                                    str(exc).strip())
-                        pending.append(part)
-                        waiting.add(table)
-            # (2) tables a publish made that are no partition (detached, not dropped).
-            cur.execute("""SELECT c.oid::regclass::text FROM pg_class c
-                           JOIN pg_namespace n ON n.oid = c.relnamespace
-                           WHERE n.nspname = current_schema() AND c.relkind = 'r'
-                             AND NOT c.relispartition
-                             AND obj_description(c.oid, 'pg_class') LIKE %s""",
-                        (STAGED_COMMENT + "%",))
-            for (name,) in cur.fetchall():
-                try:
-                    cur.execute(f"DROP TABLE IF EXISTS {name}")
-                except psycopg2.errors.LockNotAvailable:
-                    pending.append(name)
-            # (3) versions beyond the newest ``keep`` by logical date.
-            cur.execute("SELECT live_version, previous_version FROM serving_state")
-            live, previous = cur.fetchone()
-            parts: dict[str, list[tuple[str, str]]] = {}
-            for table in LIST_TABLES:
-                cur.execute("""SELECT c.oid::regclass::text, pg_get_expr(c.relpartbound, c.oid)
-                               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                               WHERE i.inhparent = %s::regclass AND NOT i.inhdetachpending""",
-                            (table,))
-                for name, bound in cur.fetchall():
-                    v = _version_of(bound)
-                    if v is not None:
-                        parts.setdefault(v, []).append((table, name))
-            cur.execute("""SELECT model_version FROM model_runs
-                           WHERE model_version = ANY(%s) OR status = 'published'
-                           ORDER BY logical_date DESC NULLS LAST,
-                                    published_at DESC NULLS LAST, model_version DESC""",
-                        (list(parts),))
-            versions = [v for (v,) in cur.fetchall()]
-            versions += sorted(set(parts) - set(versions))  # lists without a model run
-            for v in versions[keep:]:
-                if v in (live, previous):
-                    continue
-                done = True
-                for table, name in parts.get(v, []):
-                    if waiting:  # a query holds the tables: the next run goes on
-                        done = False
-                        break
-                    try:
-                        cur.execute(f"ALTER TABLE {table} DETACH PARTITION {name} "
-                                    "CONCURRENTLY")
-                        cur.execute(f"DROP TABLE IF EXISTS {name}")
-                    except (psycopg2.errors.LockNotAvailable,
-                            psycopg2.errors.ObjectNotInPrerequisiteState) as exc:
-                        log.warning("%s: detaching %s waits (%s); the next run finishes it",
-                                    table, name, str(exc).strip())
-                        pending.append(name)
-                        waiting.add(table)
-                        done = False
-                if done:
-                    cur.execute("UPDATE model_runs SET status = 'retired' "
-                                "WHERE model_version = %s AND status = 'published'", (v,))
-                    retired.append(v)
+            _retire_steps(cur, keep, retired, pending, waiting)
+    except psycopg2.errors.LockNotAvailable as exc:
+        # Even reading a partition's bound takes a lock: a table held exclusively (by
+        # maintenance) stops the housekeeping, never the publish.
+        log.warning("retiring old versions waits: %s; the next run goes on",
+                    str(exc).strip())
+        pending.append(f"(stopped: {str(exc).strip()})")
     finally:
         conn.close()
     return {"retired": retired, "pending": pending}
+
+
+def _retire_steps(cur, keep: int, retired: list[str], pending: list[str],
+                  waiting: set[str]) -> None:
+    import psycopg2.errors
+
+    # (1) pending detaches.
+    for table in LIST_TABLES:
+        for part, is_pending in _partitions(cur, table):
+            if not is_pending:
+                continue
+            try:
+                cur.execute(f"ALTER TABLE {table} DETACH PARTITION {part} FINALIZE")
+                cur.execute(f"DROP TABLE IF EXISTS {part}")
+            except (psycopg2.errors.LockNotAvailable,
+                    psycopg2.errors.UndefinedTable) as exc:
+                log.warning("%s: finishing the detach of %s waits: %s", table, part,
+                            str(exc).strip())
+                pending.append(part)
+                waiting.add(table)
+    # (2) tables a publish made that are no partition (detached, not dropped).
+    cur.execute("""SELECT c.oid::regclass::text FROM pg_class c
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = current_schema() AND c.relkind = 'r'
+                     AND NOT c.relispartition
+                     AND obj_description(c.oid, 'pg_class') LIKE %s""",
+                (STAGED_COMMENT + "%",))
+    for (name,) in cur.fetchall():
+        try:
+            cur.execute(f"DROP TABLE IF EXISTS {name}")
+        except psycopg2.errors.LockNotAvailable:
+            pending.append(name)
+    # (3) versions beyond the newest ``keep`` by logical date.
+    cur.execute("SELECT live_version, previous_version FROM serving_state")
+    live, previous = cur.fetchone()
+    parts: dict[str, list[tuple[str, str]]] = {}
+    for table in LIST_TABLES:
+        cur.execute("""SELECT c.oid::regclass::text, pg_get_expr(c.relpartbound, c.oid)
+                       FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                       WHERE i.inhparent = %s::regclass AND NOT i.inhdetachpending""",
+                    (table,))
+        for name, bound in cur.fetchall():
+            v = _version_of(bound)
+            if v is not None:
+                parts.setdefault(v, []).append((table, name))
+    cur.execute("""SELECT model_version FROM model_runs
+                   WHERE model_version = ANY(%s) OR status = 'published'
+                   ORDER BY logical_date DESC NULLS LAST,
+                            published_at DESC NULLS LAST, model_version DESC""",
+                (list(parts),))
+    versions = [v for (v,) in cur.fetchall()]
+    versions += sorted(set(parts) - set(versions))  # lists without a model run
+    for v in versions[keep:]:
+        if v in (live, previous):
+            continue
+        done = True
+        for table, name in parts.get(v, []):
+            if waiting:  # a query holds the tables: the next run goes on
+                done = False
+                break
+            try:
+                cur.execute(f"ALTER TABLE {table} DETACH PARTITION {name} "
+                            "CONCURRENTLY")
+                cur.execute(f"DROP TABLE IF EXISTS {name}")
+            except (psycopg2.errors.LockNotAvailable,
+                    psycopg2.errors.ObjectNotInPrerequisiteState) as exc:
+                log.warning("%s: detaching %s waits (%s); the next run finishes it",
+                            table, name, str(exc).strip())
+                pending.append(name)
+                waiting.add(table)
+                done = False
+        if done:
+            cur.execute("UPDATE model_runs SET status = 'retired' "
+                        "WHERE model_version = %s AND status = 'published'", (v,))
+            retired.append(v)
 
 
 def drop_partitions(cur, table: str, version: str) -> None:
