@@ -228,7 +228,15 @@ def _write_hba(s: Settings) -> None:
 
 def start(s: Settings, timeout: float = 60.0) -> None:
     """Start the instance (initialising it first), secure it (passwords, roles, owners;
-    upgrading a cluster made before that) and create the databases."""
+    upgrading a cluster made before that) and create the databases. One process at a
+    time per instance (two would generate different passwords)."""
+    s.pg_dir.mkdir(parents=True, exist_ok=True)
+    with open(s.pg_dir / ".start.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _start(s, timeout)
+
+
+def _start(s: Settings, timeout: float) -> None:
     init(s)
     if not is_running(s):
         log = s.pg_dir / "postgres.log"

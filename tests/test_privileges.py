@@ -146,6 +146,25 @@ def test_analyst_reads_views_not_tables(dsn):
     assert _refused(url, REFUSED_TO_ANALYST) == []
 
 
+def test_analyst_runs_every_documented_query(dsn):
+    """docs/analyst-queries.md, as recs_analyst: no query needs more than its grants."""
+    import re
+
+    publish_fixture(dsn)
+    text = (PROJECT_ROOT / "docs" / "analyst-queries.md").read_text()
+    queries = re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+    assert len(queries) >= 6
+    conn = psycopg2.connect(role_url(dsn, ANALYST_ROLE))
+    try:
+        for q in queries:
+            with conn.cursor() as cur:
+                cur.execute(q)
+                cur.fetchall()
+            conn.rollback()
+    finally:
+        conn.close()
+
+
 def test_pipeline_owns_the_schema_and_is_no_superuser(dsn):
     owners = _one(dsn, """SELECT array_agg(DISTINCT pg_get_userbyid(c.relowner))
                           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
