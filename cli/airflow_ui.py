@@ -1,10 +1,10 @@
 """Airflow for operators: the UI, scheduler, dag-processor and triggerer in one command.
 
 :func:`serve` (``recs airflow-ui``, ``make airflow``) starts ``airflow standalone`` with
-the project's DAGs (daily, nearline, hourly) and its metadata in the project's Postgres
-(database ``airflow``), waits until the UI answers, prints the URL and how to log in, and
-runs until interrupted. :func:`start` does the same in the background and returns a
-handle (the tests drive the UI through it).
+the project's DAGs (daily, nearline, hourly, maintenance) and its metadata in the
+project's Postgres (database ``airflow``), waits until the UI answers, prints the URL and
+how to log in, and runs until interrupted. :func:`start` does the same in the background
+and returns a handle (the tests drive the UI through it).
 
 Login: the simple auth manager's user ``admin``; its generated password is written to
 ``$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated`` (``var/airflow/``, made
