@@ -11,9 +11,11 @@ Run hourly by ``dags/maintenance.py`` and once by ``recs maintenance``:
 3. **Retention** (only when ``retention_days`` > 0; 0, the default, never drops anything):
    each partition wholly older than ``retention_days`` days is exported to the lake as
    one Parquet file, ``<lake>/archive/interactions/<partition>.parquet`` (written beside,
-   its row count checked against the partition's, then renamed into place), and only
-   then detached and dropped, in the same transaction that holds the partition against
-   writes during the export. A failed export or check drops nothing.
+   its row count checked against the partition's), detached and dropped, and the file
+   renamed into place, all in the transaction that holds the partition against writes
+   meanwhile. A failed export or check drops nothing. Late events of an archived day
+   come back as a new partition, exported later to ``<partition>.2.parquet`` (and so
+   on): an export never replaces an earlier one.
 """
 
 from __future__ import annotations
@@ -67,8 +69,19 @@ def _schema():
     ])
 
 
-def archive_path(partition: str, lake_root: Path | None = None) -> Path:
-    return Path(lake_root or lake.root()).joinpath(*ARCHIVE, f"{partition}.parquet")
+def archive_path(partition: str, lake_root: Path | None = None, n: int = 1) -> Path:
+    """Where export ``n`` of ``partition`` goes: ``<partition>.parquet`` for the first,
+    ``<partition>.<n>.parquet`` for a later one (late events of an archived day)."""
+    name = f"{partition}.parquet" if n == 1 else f"{partition}.{n}.parquet"
+    return Path(lake_root or lake.root()).joinpath(*ARCHIVE, name)
+
+
+def archive_paths(partition: str, lake_root: Path | None = None) -> list[Path]:
+    """Every export of ``partition`` so far, in order."""
+    out = []
+    while (path := archive_path(partition, lake_root, len(out) + 1)).exists():
+        out.append(path)
+    return out
 
 
 def partitions(cur) -> list[tuple[str, dt.datetime, dt.datetime]]:
@@ -156,12 +169,15 @@ def archive_partition(dsn: str | None, partition: str, lake_root: Path | None = 
     import psycopg2
     import pyarrow.parquet as pq
 
-    final = archive_path(partition, lake_root)
     for attempt in range(LOCK_TRIES):
+        # Never over an earlier export: late events of a day already archived come back
+        # as a new partition of that day, exported beside the first file.
+        final = archive_path(partition, lake_root, len(archive_paths(partition, lake_root)) + 1)
         tmp = lake.atomic_file(final)
         conn = db.connect(dsn)
         try:
             with conn, conn.cursor() as cur:
+                cur.execute("SET LOCAL lock_timeout = %s", (f"{LOCK_TIMEOUT_MS}ms",))
                 # No write reaches the partition from here to the drop.
                 cur.execute(f"LOCK TABLE {partition} IN SHARE MODE")
                 cur.execute(f"SELECT count(*) FROM {partition}")
@@ -173,10 +189,11 @@ def archive_partition(dsn: str | None, partition: str, lake_root: Path | None = 
                                        f"{on_disk}, the partition {expected}; nothing dropped")
                 with open(tmp, "rb") as fh:
                     os.fsync(fh.fileno())
-                os.replace(tmp, final)
-                cur.execute("SET LOCAL lock_timeout = %s", (f"{LOCK_TIMEOUT_MS}ms",))
                 cur.execute(f"ALTER TABLE interactions DETACH PARTITION {partition}")
                 cur.execute(f"DROP TABLE {partition}")
+                # The file takes its name last: a failure before this point drops
+                # nothing and leaves no file; the commit follows at once.
+                os.replace(tmp, final)
             return {"partition": partition, "rows": expected, "path": str(final)}
         except psycopg2.errors.LockNotAvailable:
             log.warning("%s: interactions busy (try %d of %d)", partition, attempt + 1,

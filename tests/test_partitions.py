@@ -171,6 +171,26 @@ def test_retention_exports_every_row_then_drops(settings, tmp_path):
         == sorted(f"{day_name(d)}.parquet" for d in old_days)
 
 
+def test_late_events_of_an_archived_day_never_replace_its_archive(settings, tmp_path):
+    dsn = settings.dsn
+    lake_root = tmp_path / "lake"
+    day = TODAY - dt.timedelta(days=45)
+    at = dt.datetime.combine(day, dt.time(6), tzinfo=dt.UTC)
+    insert_as_reader(dsn, [at, at + dt.timedelta(hours=1)])
+    first = event_ids(dsn)
+    maintenance.run(NOW, ahead_days=0, retention_days=30, lake_root=lake_root)
+    insert_as_reader(dsn, [at + dt.timedelta(hours=2)], user=2)  # late, same day
+    late = event_ids(dsn)
+    out = maintenance.run(NOW, ahead_days=0, retention_days=30, lake_root=lake_root)
+    assert out["moved"] == 1 and len(out["archived"]) == 1
+    files = maintenance.archive_paths(day_name(day), lake_root)
+    assert [p.name for p in files] == [f"{day_name(day)}.parquet",
+                                       f"{day_name(day)}.2.parquet"]
+    assert set(pq.read_table(files[0]).column("event_id").to_pylist()) == first
+    assert set(pq.read_table(files[1]).column("event_id").to_pylist()) == late
+    assert event_ids(dsn) == set()
+
+
 def test_retention_zero_drops_nothing(settings, tmp_path):
     dsn = settings.dsn
     assert settings.retention_days == 0  # the default
