@@ -313,6 +313,10 @@ def _secure(s: Settings, pw: dict[str, str]) -> None:
                     cur.execute(f"ALTER ROLE {role} {attrs} PASSWORD %s", (verifier,))
                 elif role != ADMIN_ROLE:
                     cur.execute(f"ALTER ROLE {role} {attrs}")
+            # The nearline watermark (jobs/nearline.py:safe_until) must see when other
+            # roles' transactions (the reader's event inserts) started: pg_stat_activity
+            # shows that only to the same role or pg_read_all_stats (read-only statistics).
+            cur.execute(f"GRANT pg_read_all_stats TO {PIPELINE_ROLE}")
     finally:
         conn.close()
     if not _hba_is_ours(s):

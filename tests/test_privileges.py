@@ -176,6 +176,31 @@ def test_pipeline_owns_the_schema_and_is_no_superuser(dsn):
                           "SELECT pg_read_file('pg_hba.conf')"]) == []
 
 
+def test_pipeline_sees_when_the_readers_open_transactions_started(dsn):
+    """The nearline watermark (jobs/nearline.py:safe_until) stops before the oldest
+    unfinished writing transaction; the reader's event inserts run as another role, whose
+    xact_start pg_stat_activity shows only to pg_read_all_stats (before: NULL, so the
+    watermark passed events not yet committed and nearline skipped them for good)."""
+    from jobs.nearline import safe_until
+
+    reader = psycopg2.connect(role_url(dsn, READER_ROLE))
+    try:
+        with reader.cursor() as cur:
+            cur.execute("INSERT INTO interactions (event_id, user_id, item_id, event_type, "
+                        "\"timestamp\") VALUES (nextval('interactions_event_id_seq'), 1, 1, "
+                        "'click', now()) RETURNING now()")
+            started = cur.fetchone()[0]
+        conn = psycopg2.connect(dsn)
+        try:
+            with conn.cursor() as cur:
+                assert safe_until(cur, None) <= started
+        finally:
+            conn.close()
+    finally:
+        reader.rollback()
+        reader.close()
+
+
 def test_connection_without_the_password_is_refused(pg_instance, dsn):
     name = dsn.split("/")[-1].split("?")[0]
     for role in (ADMIN_ROLE, PIPELINE_ROLE, READER_ROLE, ANALYST_ROLE):
