@@ -135,7 +135,51 @@ def cmd_db_init(args, s) -> int:
     ensure_airflow_database(s)
     applied = migrate.apply(s.dsn)
     print(f"applied: {', '.join(applied) or 'nothing new'}; airflow database present")
+    for line in enable_role_logins(s):
+        print(line)
     return 0
+
+
+def enable_role_logins(s) -> list[str]:
+    """On a server the project does not manage: give recs_reader / recs_analyst the login
+    and password that RECS_READER_DATABASE_URL / RECS_ANALYST_DATABASE_URL carry (the
+    URL the reader will connect with), connected as RECS_DATABASE_URL's user, who must
+    be allowed to alter roles. Only the password's SCRAM verifier reaches the server;
+    nothing secret is printed. Returns what was done, as lines."""
+    from urllib.parse import unquote, urlsplit
+
+    import psycopg2
+    from psycopg2.extensions import encrypt_password
+
+    from core.db import libpq_dsn
+    from core.settings import ANALYST_ROLE, READER_ROLE
+
+    wanted = []
+    for role, url in ((READER_ROLE, s.reader_database_url),
+                      (ANALYST_ROLE, s.analyst_database_url)):
+        parts = urlsplit(libpq_dsn(url)) if url else None
+        if parts and parts.username == role and parts.password:
+            wanted.append((role, unquote(parts.password)))
+    if not wanted or s.uses_private_pg:
+        return []
+    done = []
+    conn = psycopg2.connect(libpq_dsn(s.dsn))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for role, password in wanted:
+                verifier = encrypt_password(password, role, conn, "scram-sha-256")
+                try:
+                    cur.execute(f"ALTER ROLE {role} LOGIN PASSWORD %s", (verifier,))
+                except psycopg2.errors.InsufficientPrivilege as exc:
+                    raise CliError(f"cannot give {role} a login as the user of "
+                                   f"RECS_DATABASE_URL ({exc.pgerror.strip()}); an "
+                                   f"administrator runs ALTER ROLE {role} LOGIN PASSWORD "
+                                   "...") from None
+                done.append(f"{role}: login enabled with the password of its URL")
+    finally:
+        conn.close()
+    return done
 
 
 def cmd_maintenance(args, s) -> int:

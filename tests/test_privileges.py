@@ -251,6 +251,35 @@ def test_db_up_prints_no_password(pg_instance, dsn):
     assert "database ready" in r.stdout and pw[PIPELINE_ROLE] not in r.stdout + r.stderr
 
 
+def test_db_init_gives_the_reader_the_login_of_its_url(pg_instance, dsn):
+    """A server the project does not manage (docker/compose.yaml): the migration creates
+    recs_reader NOLOGIN; `recs db-init` gives it the login and password of
+    RECS_READER_DATABASE_URL, printing neither. (Before: the compose reader connected as
+    the superuser of RECS_DATABASE_URL.)"""
+    pw = localpg.passwords(pg_instance)[READER_ROLE]  # the same: other tests keep working
+    admin_url = role_url(dsn, ADMIN_ROLE)
+    reader_url = role_url(dsn, READER_ROLE).split("?")[0].replace(
+        f"{READER_ROLE}@", f"{READER_ROLE}:{pw}@")
+    admin = psycopg2.connect(admin_url)
+    admin.autocommit = True
+    admin.cursor().execute(f"ALTER ROLE {READER_ROLE} NOLOGIN")
+    admin.close()
+    try:
+        with pytest.raises(psycopg2.OperationalError, match="not permitted to log in"):
+            psycopg2.connect(reader_url)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECS_")}
+        env.update(RECS_HOME=str(pg_instance.home), RECS_DATABASE_URL=admin_url,
+                   RECS_READER_DATABASE_URL=reader_url)
+        r = subprocess.run([RECS, "db-init"], env=env, capture_output=True, text=True,
+                           timeout=300, cwd=PROJECT_ROOT)
+        assert r.returncode == 0, r.stderr
+        assert f"{READER_ROLE}: login enabled" in r.stdout
+        assert pw not in r.stdout + r.stderr
+        assert _one(reader_url, "SELECT current_user") == (READER_ROLE,)
+    finally:
+        localpg.start(pg_instance)  # LOGIN back whatever happened
+
+
 def test_airflow_banner_names_the_password_file_not_the_password(tmp_path):
     from cli import airflow_ui
 
