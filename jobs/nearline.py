@@ -280,9 +280,11 @@ def funnel_lists(live: LiveVersion, pairs: pd.DataFrame, user_ids: np.ndarray,
 
     The item side (catalog, popularity, trending, EASE and item-kNN, co-visitation, text,
     two-tower item vectors) comes from the version's ``full`` fit and its training pairs,
-    with each changed user's pairs replaced by ``pairs`` (all their events now); the users'
-    ALS vectors are the folded-in ``vectors``, their two-tower vectors the version's (a
-    user new since then has none: that generator then proposes nothing for them).
+    with the pairs of every user in ``pairs`` replaced by theirs (all their events now:
+    a run passes every user of its window, so that a user's list does not depend on the
+    chunk it was computed in); lists are made for ``user_ids``. Their ALS vectors are the
+    folded-in ``vectors``, their two-tower vectors the version's (a user new since then
+    has none: that generator then proposes nothing for them).
     """
     from core import settings as settings_mod
     from jobs import daily, funnel
@@ -295,8 +297,8 @@ def funnel_lists(live: LiveVersion, pairs: pd.DataFrame, user_ids: np.ndarray,
     s = settings_mod.get()
     config = s.funnel_config()
     full = pd.read_parquet(live.artifacts["pairs"])
-    full = pd.concat([full[~full["user_id"].isin(user_ids)],
-                      pairs[pairs["user_id"].isin(user_ids)]], ignore_index=True)
+    full = pd.concat([full[~full["user_id"].isin(pairs["user_id"].unique())], pairs],
+                     ignore_index=True)
     items = pd.read_parquet(live.artifacts["items"])
     art = daily.fit_artifacts("full", live.artifacts["als"], live.artifacts["two_tower"],
                               live.artifacts["covisit"], live.artifacts["text"])
@@ -352,6 +354,7 @@ def run(until: dt.datetime | None = None, *, dsn: str | None = None,
     from core import settings as settings_mod
     from jobs import rules as rules_mod
     from jobs.train_als import load_factors
+    from models.confidence import aggregate_pairs
 
     s = settings_mod.get()
     chunk_users = int(chunk_users or s.nearline_chunk_users)
@@ -386,6 +389,14 @@ def run(until: dt.datetime | None = None, *, dsn: str | None = None,
                 return summary
             users = changed_users(cur, lo, hi, live.data_end if catch_up else None,
                                   lookback)
+            if len(users):
+                # The events of every user of the window (those done by an earlier run
+                # too): every chunk sees the same data, whatever the chunking.
+                window = int(live.param("window_days", 0) or 0)
+                events = user_events(cur, users, hi,
+                                     hi - dt.timedelta(days=window) if window else None)
+                pairs = aggregate_pairs(events)
+                summary["events_read"] = int(len(events))
             if after is not None:
                 users = users[users > after]
             summary["users_changed"] = int(len(users))
@@ -413,7 +424,7 @@ def run(until: dt.datetime | None = None, *, dsn: str | None = None,
                     summary["stopped_by_switch"] = now.version if now else None
                     break  # nothing written: the next run catches the new version up
                 t_chunk = time.perf_counter()
-                _refresh_users(cur, live, chunk, hi, factors, blocked, summary)
+                _refresh_users(cur, live, chunk, pairs, hi, factors, blocked, summary)
                 lists_s += time.perf_counter() - t_chunk
                 summary["chunks"] += 1
                 summary["seconds"] = round(time.perf_counter() - t0, 3)
@@ -434,20 +445,17 @@ def run(until: dt.datetime | None = None, *, dsn: str | None = None,
     return summary
 
 
-def _refresh_users(cur, live: LiveVersion, users: np.ndarray, hi: dt.datetime, factors,
-                   blocked: frozenset[int], summary: dict) -> None:
+def _refresh_users(cur, live: LiveVersion, users: np.ndarray, window_pairs: pd.DataFrame,
+                   hi: dt.datetime, factors, blocked: frozenset[int], summary: dict) -> None:
     """Fold ``users`` in and rewrite their lists in the live version (caller's
-    transaction); counts go into ``summary``."""
+    transaction); ``window_pairs``: the pairs of every user of the run's window. Counts
+    go into ``summary``."""
     from jobs.build_index import load_index
     from jobs.precompute import personalized_lists
     from jobs.rules import drop_blocked
     from jobs.train_als import Factors
-    from models.confidence import aggregate_pairs
 
-    window = int(live.param("window_days", 0) or 0)
-    events = user_events(cur, users, hi, hi - dt.timedelta(days=window) if window else None)
-    summary["events_read"] += int(len(events))
-    pairs = aggregate_pairs(events)
+    pairs = window_pairs[window_pairs["user_id"].isin(users)]
     user_ids, vectors = fold_in(pairs, factors.item_ids, factors.item_factors,
                                 float(live.param("als_reg", 0.1)),
                                 float(live.param("als_alpha", 2.0)))
@@ -455,7 +463,7 @@ def _refresh_users(cur, live: LiveVersion, users: np.ndarray, hi: dt.datetime, f
     if not len(user_ids):
         return
     if live.has_funnel:
-        lists = funnel_lists(live, pairs, user_ids, vectors, hi,
+        lists = funnel_lists(live, window_pairs, user_ids, vectors, hi,
                              int(live.param("top_k", 100)), timings=summary)
         summary["path"] = f"funnel ({live.model})"
     else:

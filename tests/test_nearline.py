@@ -371,3 +371,137 @@ def test_splice_keeps_one_copy_and_the_length():
     assert reasons == ["a", "x", "b", "d"] and rids == [0, -1, 0, 0]
     splice(items, scores, reasons, None, 10, (7, 0.5, "y", None), keep=4)
     assert items == [1, 3, 2, 4]  # appended past the end, then cut
+
+
+# --- chunks ------------------------------------------------------------------------------
+
+def _five_users_with_events(dsn: str) -> list[int]:
+    users = [r[0] for r in sql(dsn, "SELECT user_id FROM recommendations "
+                                    "ORDER BY user_id LIMIT 5")]
+    post_events(dsn, [(u, i, "purchase") for u in users
+                      for i in other_category_items(dsn, u, 2)])
+    return users
+
+
+def _lists(dsn: str, version: str, users: list[int]) -> dict:
+    return {r[0]: r[1:] for r in sql(
+        dsn, "SELECT user_id, items, scores, reasons, reason_item_ids, history_tail, "
+             "computed_at FROM recommendations WHERE model_version = %s "
+             "AND user_id = ANY(%s) ORDER BY user_id", (version, users))}
+
+
+def test_users_go_in_chunks_each_committed_with_its_progress(live):
+    from jobs import nearline
+
+    dsn, version = live["dsn"], live["version"]
+    nearline.run(dsn=dsn)
+    users = _five_users_with_events(dsn)
+    out = nearline.run(dsn=dsn, chunk_users=2)
+    assert (out["users_changed"], out["users_updated"], out["chunks"]) == (5, 5, 3)
+    assert watermark(dsn)[2].get("pending") is None
+
+    # A run whose budget is spent stops after one chunk; each commit is visible and the
+    # next run resumes after the last user done, until the window is complete.
+    before = watermark(dsn)
+    _five_users_with_events(dsn)
+    done: list[int] = []
+    for k, expect in enumerate(([users[0], users[1]], [users[2], users[3]], [users[4]])):
+        stamps = {u: row[-1] for u, row in _lists(dsn, version, users).items()}
+        out = nearline.run(dsn=dsn, chunk_users=2, budget_s=0)
+        assert out["chunks"] == 1 and out["users_updated"] == len(expect)
+        assert out["users_left"] == 5 - len(done) - len(expect)
+        assert out["resumed_after_user"] == (done[-1] if done else None)
+        changed = [u for u, row in _lists(dsn, version, users).items() if row[-1] != stamps[u]]
+        assert changed == expect, k
+        done += expect
+        value, wm_version, details = watermark(dsn)
+        if k < 2:
+            # The watermark's value stays at the window's start until the window is done.
+            assert value == before[0] and details["pending"]["last_user"] == done[-1]
+            assert details["pending"]["to"] == out["to"]
+        else:
+            assert "pending" not in details and value.isoformat() == out["to"]
+    assert nearline.run(dsn=dsn)["users_changed"] == 0
+
+
+def test_a_run_killed_in_a_chunk_loses_nothing_and_repeats_nothing(live):
+    """SIGKILL of `python -m jobs.nearline` while its second chunk waits for a row lock
+    the test holds: the first chunk stays committed, the next run does the rest, and the
+    lists equal those of one uninterrupted run over the same window."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from core.settings import PROJECT_ROOT
+    from jobs import nearline
+
+    dsn, version = live["dsn"], live["version"]
+    nearline.run(dsn=dsn)
+    start_wm = watermark(dsn)
+    users = _five_users_with_events(dsn)
+    before = _lists(dsn, version, users)
+    until = dt.datetime.now(dt.UTC)
+    holder = psycopg2.connect(dsn)
+    with holder.cursor() as cur:  # the second chunk (users[2], users[3]) must update this
+        cur.execute("SELECT 1 FROM recommendations WHERE model_version = %s "
+                    "AND user_id = %s FOR UPDATE", (version, users[2]))
+    env = {**os.environ, "RECS_NEARLINE_CHUNK_USERS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.nearline", "--until",
+                             until.isoformat()], cwd=PROJECT_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        blocked = []
+        while not blocked:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the nearline run never reached chunk 2"
+            blocked = sql(dsn, "SELECT pid FROM pg_stat_activity WHERE wait_event_type = "
+                               "'Lock' AND query LIKE 'INSERT INTO %%recommendations%%'")
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        holder.rollback()
+        holder.close()
+    # The killed run's backend ends once it finds its client gone (its chunk rolled back).
+    deadline = time.monotonic() + 60
+    while sql(dsn, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (blocked[0][0],)):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    value, wm_version, details = watermark(dsn)
+    pending = details["pending"]
+    assert value == start_wm[0] and wm_version == start_wm[1]
+    assert pending["last_user"] == users[1] and pending["version"] == version
+    after_kill = _lists(dsn, version, users)
+    assert [u for u in users if after_kill[u][-1] != before[u][-1]] == users[:2]
+
+    out = nearline.run(dsn=dsn, chunk_users=2)
+    assert out["resumed_after_user"] == users[1]
+    assert (out["users_changed"], out["users_updated"], out["chunks"]) == (3, 3, 2)
+    assert out["to"] == pending["to"]
+    resumed = _lists(dsn, version, users)
+    # Each user refreshed exactly once: the first two by the killed run only.
+    assert all(resumed[u][-1] == after_kill[u][-1] for u in users[:2])
+    assert all(resumed[u][-1] != before[u][-1] for u in users[2:])
+    value, _, details = watermark(dsn)
+    assert "pending" not in details and value.isoformat() == pending["to"]
+
+    # The same window in one uninterrupted run, from the same start, gives the same lists.
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE pipeline_watermarks SET value = %s, model_version = %s, "
+                    "details = '{}' WHERE name = 'nearline'", start_wm[:2])
+        for u, row in before.items():
+            cur.execute("UPDATE recommendations SET items = %s, scores = %s, reasons = %s, "
+                        "reason_item_ids = %s, history_tail = %s, computed_at = %s "
+                        "WHERE model_version = %s AND user_id = %s", (*row, version, u))
+    whole = nearline.run(dsn=dsn, until=dt.datetime.fromisoformat(pending["to"]),
+                         chunk_users=100)
+    assert (whole["users_changed"], whole["chunks"]) == (5, 1) and whole["to"] == out["to"]
+    once = _lists(dsn, version, users)
+    for u in users:
+        assert once[u][0] == resumed[u][0] and once[u][2] == resumed[u][2], u
+        np.testing.assert_allclose(once[u][1], resumed[u][1], rtol=1e-5)
