@@ -26,7 +26,8 @@ def status() -> Response:
         "served_version": state.version if state else None,
         "live_version": state.live if state else None,
         "degraded": state.degraded if state else None,
-        "database_breaker_open": svc.store.is_down,
+        "database_breaker_open": svc.store.is_down,  # reads
+        "write_breaker_open": svc.store.breakers["write"].is_down,
         "popular": {"model_version": popular.model_version, "items": len(popular.items),
                     "origin": popular.origin},
         "cached_keys": len(svc.keys),

@@ -164,7 +164,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     def prometheus():
         return Response(metrics.render(), mimetype=None, content_type=PROMETHEUS_TYPE)
 
-    openapi_doc = document(settings)
+    openapi_doc = document(settings, read_keys)
 
     @app.get("/openapi.json")
     def openapi():

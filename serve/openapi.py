@@ -174,8 +174,9 @@ def schemas(settings: Settings) -> dict[str, Any]:
     }
 
 
-def document(settings: Settings) -> dict[str, Any]:
-    """The OpenAPI document for these settings (limits come from them)."""
+def document(settings: Settings, read_keys_required: bool = True) -> dict[str, Any]:
+    """The OpenAPI document for these settings (limits come from them); reads declare
+    the key schemes unless ``read_keys_required`` is off."""
     read_params = [_limit(settings)]
     rec_params = [
         _id_param("user_id", "path", "the user"),
@@ -195,6 +196,7 @@ def document(settings: Settings) -> dict[str, Any]:
                     "items": {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}}},
     ]
     security_events = [{"ApiKey": []}, {"Bearer": []}]
+    security_reads = security_events if read_keys_required else []
     return {
         "openapi": "3.1.0",
         "info": {"title": "recs-engine reader", "version": "1",
@@ -204,6 +206,7 @@ def document(settings: Settings) -> dict[str, Any]:
         "paths": {
             "/api/v1/recommendations/{user_id}": {"get": {
                 "operationId": "getRecommendations",
+                "security": security_reads,
                 "summary": "A user's recommendations",
                 "parameters": rec_params,
                 "responses": {"200": _json(_ref("Recommendations"), "the list"),
@@ -211,6 +214,7 @@ def document(settings: Settings) -> dict[str, Any]:
             }},
             "/api/v1/similar/{item_id}": {"get": {
                 "operationId": "getSimilar",
+                "security": security_reads,
                 "summary": "Items similar to an item",
                 "parameters": [_id_param("item_id", "path", "the item"), *read_params],
                 "responses": {"200": _json(_ref("SimilarItems"), "the list"),
@@ -218,6 +222,7 @@ def document(settings: Settings) -> dict[str, Any]:
             }},
             "/api/v1/trending": {"get": {
                 "operationId": "getTrending",
+                "security": security_reads,
                 "summary": "Trending items, overall, in a category and/or a country",
                 "parameters": [
                     {"name": "category", "in": "query", "required": False,
