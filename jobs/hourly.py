@@ -289,15 +289,42 @@ def _warm_items(live: LiveVersion) -> set[int]:
     return set(items["id"].astype("int64").tolist())
 
 
+LIST_COLUMNS = {"recommendations": ("user_id", ["items", "scores", "reasons",
+                                                "reason_item_ids"]),
+                "similar_items": ("item_id", ["items", "scores", "reasons"]),
+                "trending": ("list_name", ["items", "scores", "reasons"])}
+
+
+def remove_blocked(cur, live: LiveVersion, blocked: frozenset[int]) -> dict[str, int]:
+    """Take the ``blocked`` items out of every list of the live version (rows that hold
+    one are rewritten; caller's transaction). Returns the rows rewritten per table."""
+    from jobs.rules import drop_blocked
+
+    out = {}
+    for table, (key, columns) in LIST_COLUMNS.items():
+        if not blocked:
+            out[table] = 0
+            continue
+        part = partition_of(cur, table, live.version)
+        cur.execute(f"SELECT {key}, {', '.join(columns)} FROM {part} "
+                    "WHERE items && %s::bigint[]", (sorted(blocked),))
+        rows = [(r[0], *drop_blocked(r[1], *r[2:], blocked=blocked)) for r in cur.fetchall()]
+        out[table] = upsert_lists(cur, table, key, live.version, rows, columns)
+    return out
+
+
 def _apply_to_live(cur, live: LiveVersion, *, hi: dt.datetime, lo: dt.datetime | None,
                    changed_ids: set[int], reapply_all: bool, index, store: pd.DataFrame,
-                   params: HourlyParams, run_key: int) -> dict[str, Any]:
-    """Steps 3-5 against the live version's partitions (inside the caller's transaction)."""
+                   params: HourlyParams, run_key: int,
+                   blocked: frozenset[int] = frozenset()) -> dict[str, Any]:
+    """Steps 3-5 against the live version's partitions (inside the caller's transaction);
+    ``blocked`` items (the block rules) join no list and leave every list they are in."""
     similar_k = int(live.param("similar_k", 50))
     cur.execute("SELECT item_id, category, created_at FROM items WHERE created_at > %s "
                 "AND created_at <= %s AND category IS NOT NULL ORDER BY item_id",
                 (hi - dt.timedelta(days=params.new_days), hi))
     pool = pd.DataFrame(cur.fetchall(), columns=["item_id", "category", "created_at"])
+    pool = pool[~pool["item_id"].isin(list(blocked))].reset_index(drop=True)
     warm = _warm_items(live)
     cold = pool[~pool["item_id"].isin(warm)]
     todo = cold if reapply_all else cold[cold["item_id"].isin(changed_ids)]
@@ -311,8 +338,10 @@ def _apply_to_live(cur, live: LiveVersion, *, hi: dt.datetime, lo: dt.datetime |
     # 3. Similar lists of cold items, and cold items into their neighbours' lists.
     sim_part = partition_of(cur, "similar_items", live.version)
     todo_ids = todo["item_id"].to_numpy(dtype="int64")
-    neigh = text_neighbours(index, store_ids, store_vectors, todo_ids, similar_k) \
+    neigh = text_neighbours(index, store_ids, store_vectors, todo_ids, similar_k + 1) \
         if len(todo_ids) and index is not None else {}
+    neigh = {item: [(j, v) for j, v in lst if j not in blocked][:similar_k]
+             for item, lst in neigh.items()}
     cur.execute(f"SELECT item_id FROM {sim_part} WHERE item_id = ANY(%s)",
                 ([j for lst in neigh.values() for j, _ in lst],))
     has_list = {r[0] for r in cur.fetchall()}
@@ -407,6 +436,7 @@ def _apply_to_live(cur, live: LiveVersion, *, hi: dt.datetime, lo: dt.datetime |
                 "AND NOT (list_name = ANY(%s))",
                 (NEW_LIST_PREFIX + "%", [name for name, *_ in lists]))
     out["pools"] = len(lists)
+    out["blocked_removed"] = remove_blocked(cur, live, blocked)
     return out
 
 
@@ -414,10 +444,13 @@ def run(until: dt.datetime | None = None, *, dsn: str | None = None,
         params: HourlyParams | None = None, lake_root: Path | None = None,
         encoder: Callable[[Sequence[str]], np.ndarray] | None = None) -> dict:
     """One hourly pass up to ``until`` (the run's data interval end; None: now)."""
+    from core import settings as settings_mod
+    from jobs import rules as rules_mod
     from models import index as ann
 
     params = params or HourlyParams()
     encoder = encoder or text_model.encode
+    rules_file = settings_mod.get().rules_file
     t0 = time.perf_counter()
     conn = db.connect(dsn)
     try:
@@ -468,7 +501,8 @@ def run(until: dt.datetime | None = None, *, dsn: str | None = None,
                     summary.update(_apply_to_live(
                         cur, live, hi=hi, lo=lo, changed_ids=set(ids.tolist()),
                         reapply_all=wm_version != live.version, index=index, store=store,
-                        params=params, run_key=run_key))
+                        params=params, run_key=run_key,
+                        blocked=rules_mod.blocked_items(conn, rules_file or None)))
                 summary["seconds"] = round(time.perf_counter() - t0, 3)
                 write_watermark(cur, NAME, hi, live.version if live else None, summary)
     finally:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from core import lake
 from jobs.build_index import load_index
+from jobs.rules import blocked_in_catalog, drop_blocked_lists
 from jobs.train_als import Factors, load_factors
 from models import index as ann
 from models.topk import because_items, top_k_excluding
@@ -136,6 +137,8 @@ def run_funnel(day: dt.date, sig, ranker_dir: str, items: pd.DataFrame, factors_
     factors = load_factors(Path(factors_dir))
     sims = similar_lists(factors, load_index(Path(index_dir) / "items_cos.faiss"), titles,
                          similar_k)
+    sims, _ = drop_blocked_lists(sims, blocked_in_catalog(
+        rules, zip(items["item_id"].tolist(), items["category"].tolist(), strict=True)))
     out = lake.partition("lists", day, lake_root)
     with lake.atomic_dir(out) as tmp:
         recs.to_parquet(tmp / "recommendations.parquet", index=False)

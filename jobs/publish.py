@@ -117,31 +117,6 @@ PUBLISH_LOCK = "recs_publish"  # one publish at a time
 STAGED_COMMENT = "recs publish: "  # COMMENT on the tables a publish creates (+ version)
 
 
-def _filter_lists(frame: pd.DataFrame, blocked: frozenset[int]) -> tuple[pd.DataFrame, int]:
-    """``frame`` (items and parallel array columns) without the ``blocked`` items."""
-    if not blocked or frame.empty:
-        return frame, 0
-    parallel = [c for c in ("items", "scores", "reasons", "reason_item_ids")
-                if c in frame.columns]
-    removed = 0
-    out = frame.copy()
-    for col in parallel:
-        out[col] = out[col].astype(object)
-    for idx, items in zip(frame.index, frame["items"], strict=True):
-        arr = np.asarray(items)
-        keep = ~np.isin(arr, list(blocked))
-        if keep.all():
-            continue
-        removed += int((~keep).sum())
-        for col in parallel:
-            value = frame.at[idx, col]
-            if isinstance(value, np.ndarray):
-                out.at[idx, col] = value[keep]
-            else:
-                out.at[idx, col] = [v for v, k in zip(value, keep, strict=True) if k]
-    return out, removed
-
-
 def _versions_dates(cur, *versions: str | None) -> dict[str, dt.date | None]:
     cur.execute("SELECT model_version, logical_date FROM model_runs "
                 "WHERE model_version = ANY(%s)", ([v for v in versions if v],))
@@ -204,9 +179,9 @@ def run(version: str, *, lists: dict, trending_path: str, popularity_path: str,
                 return _not_forward(dsn, version, live, dates, validate(recs, sims, pairs))
             # Block rules hold in every published list (they may have changed since the
             # lists were computed).
-            recs, n_recs = _filter_lists(recs, blocked)
-            sims, n_sims = _filter_lists(sims, blocked)
-            trending, n_trend = _filter_lists(trending, blocked)
+            recs, n_recs = rules_mod.drop_blocked_lists(recs, blocked)
+            sims, n_sims = rules_mod.drop_blocked_lists(sims, blocked)
+            trending, n_trend = rules_mod.drop_blocked_lists(trending, blocked)
             checks = validate(recs, sims, pairs)
             checks["blocked_removed"] = {"recommendations": n_recs, "similar_items": n_sims,
                                          "trending": n_trend}

@@ -32,6 +32,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from models.rerank import Rules, rules_from_rows
 
 KINDS = ("block_item", "block_category", "block_tag", "pin")
@@ -273,3 +276,38 @@ def drop_blocked(items: Sequence[int], *parallel: Sequence, blocked: frozenset[i
     for seq in parallel:
         out.append(None if seq is None else [seq[i] for i in keep])
     return tuple(out)
+
+
+def blocked_in_catalog(rules: Rules, items: Iterable[tuple[int, object]]) -> frozenset[int]:
+    """Item ids that :class:`Rules` keep out of lists (pure compute): blocked items, items
+    of blocked categories, items the content policy refuses. ``items``: (item_id,
+    category) of the catalog."""
+    out = set(rules.blocked_items)
+    for item_id, category in items:
+        if category in rules.blocked_categories or \
+                (rules.policy is not None and not rules.policy(int(item_id))):
+            out.add(int(item_id))
+    return frozenset(out)
+
+
+def drop_blocked_lists(lists: pd.DataFrame, blocked: frozenset[int]
+                       ) -> tuple[pd.DataFrame, int]:
+    """``lists`` (an ``items`` column and the columns parallel to it: scores, reasons,
+    reason_item_ids) without the ``blocked`` items, and how many entries went."""
+    if not blocked or lists.empty:
+        return lists, 0
+    out = lists.copy()
+    parallel = [c for c in ("items", "scores", "reasons", "reason_item_ids") if c in out]
+    for col in parallel:
+        out[col] = out[col].astype(object)
+    removed = 0
+    for idx, items in zip(out.index, lists["items"], strict=True):
+        keep = ~np.isin(np.asarray(items), list(blocked))
+        if keep.all():
+            continue
+        removed += int((~keep).sum())
+        for col in parallel:
+            value = lists.at[idx, col]
+            out.at[idx, col] = value[keep] if isinstance(value, np.ndarray) else \
+                [v for v, k in zip(value, keep, strict=True) if k]
+    return out, removed
