@@ -343,6 +343,9 @@ def pipeline_exit(result: dict) -> tuple[int, str | None]:
         return 0, None
     if status == "rejected":
         return 3, f"nothing was published: the gate rejected {version}: {message}"
+    if status == "evaluated" and (message or "").startswith("not live:"):
+        # A backfill older than the live version (jobs/publish.py): checked, not loaded.
+        return 3, f"nothing was published: {version} is {message}"
     if status is None:
         return 1, (f"recs: the daily run for {result['day']} recorded no model run "
                    f"{version}; nothing was published")
