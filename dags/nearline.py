@@ -3,8 +3,11 @@
 Wiring only: the step is ``jobs/nearline.py:run``, called with the end of the run's data
 interval. It folds the vectors of users whose events arrived since the ``nearline``
 watermark in against the live version's fixed ALS item factors, re-scores their
-candidates and replaces their lists; the watermark advances in the same transaction, so a
-failed run leaves the old lists and the next run reads the same events.
+candidates and replaces their lists, ``RECS_NEARLINE_CHUNK_USERS`` users per transaction;
+each chunk commits its lists with its progress in the watermark, so a failed or killed
+run keeps the chunks it finished and the next run resumes after them. A run starts no
+chunk after ``RECS_NEARLINE_BUDGET_S`` seconds (240), well inside the task's timeout: a
+large catch-up (after a publish) goes on over the next runs instead of timing out whole.
 
 Schedule: every ``RECS_NEARLINE_EVERY_MINUTES`` minutes (default 5), read when the file
 is parsed. ``catchup=False`` and one active run: a run that starts late reads everything
