@@ -5,7 +5,7 @@
 - A rule added while a version is live: after one nearline and one hourly run no list of
   the live version holds the item (the rewritten user's list, similar lists, trending
   lists, the "New in" pools), whether the rule is in ``rerank_rules`` or in the file
-  ``RECS_RULES_FILE``, by item or by category.
+  ``RECS_RULES_FILE``, by item or by category; and no endpoint of the reader returns it.
 """
 
 from __future__ import annotations
@@ -106,6 +106,25 @@ def test_a_rule_added_while_live_reaches_every_list_after_nearline_and_hourly(
                (version, new_ids[1]))[0][0] == 1  # the pools are still filled
     assert sql(dsn, "SELECT count(*) FROM bandit_arms WHERE item_id = %s",
                (new_ids[0],))[0][0] == 0
+
+    # And no endpoint of the reader returns them (serve/ filters answers too).
+    from serve.app import create_app
+    from tests.test_serve import make_key
+
+    client = create_app({"SETTINGS": settings_mod.get()}).test_client()
+    headers = {"X-API-Key": make_key(dsn, ("read",))}
+    sources = sql(dsn, "SELECT DISTINCT item_id FROM similar_items WHERE model_version = %s "
+                       "ORDER BY 1 LIMIT 20", (version,))
+    paths = [f"/api/v1/recommendations/{user}?limit=50",
+             f"/api/v1/recommendations/{user}?type=similar&limit=50",
+             f"/api/v1/recommendations/{user}?type=trending&limit=50",
+             "/api/v1/trending?limit=100", "/api/v1/recommendations/999999?limit=100",
+             *(f"/api/v1/similar/{i}?limit=50" for (i,) in sources)]
+    for path in paths:
+        r = client.get(path, headers=headers)
+        assert r.status_code == 200, (path, r.get_json())
+        shown = {e["item_id"] for e in r.get_json()["recommendations"]}
+        assert shown and not shown & {*blocked, new_ids[0]}, path
 
 
 def test_the_daily_run_publishes_no_blocked_item_in_any_list(dsn, tmp_path, monkeypatch):
