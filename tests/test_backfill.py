@@ -1,6 +1,7 @@
 """Backfills: `airflow backfill create` over three dates, run by a real scheduler, gives
 per date the same outputs as a separate run of that date, and re-running dates replaces
-their outputs in place (no second version, partition or lake folder).
+their outputs in place (no second version, partition or lake folder); the newest date
+stays live through the backfill and the re-runs of the older dates.
 
 Airflow starts as operators start it (cli/airflow_ui.py) in a private home with its own
 Postgres and tiny synthetic data (200 users); the separate runs are the daily DAG's own
@@ -93,6 +94,9 @@ def test_backfill_equals_separate_runs_and_reruns_are_idempotent(monkeypatch):
         assert set(states.values()) == {"success"}, states
         backfilled = {d: (lake_outputs(home, d), model_run(site, d)) for d in DATES}
         versions_before = site.sql("SELECT model_version FROM model_runs ORDER BY 1")
+        # Whatever order the runs finished in, the newest date is live (only forward).
+        newest = backfilled[DATES[-1]][1]["version"]
+        assert site.sql("SELECT live_version FROM serving_state") == [(newest,)]
 
         # Separate runs of each date (the same steps, in this process), after the backfill.
         for key, value in site.env.items():
@@ -103,6 +107,8 @@ def test_backfill_equals_separate_runs_and_reruns_are_idempotent(monkeypatch):
 
         for day in DATES:
             daily.run_all(day)
+            # A re-run of an older date neither goes live nor retires the newest one.
+            assert site.sql("SELECT live_version FROM serving_state") == [(newest,)]
             lake_now, run_now = lake_outputs(home, day), model_run(site, day)
             lake_bf, run_bf = backfilled[day]
             assert_same_lists(lake_bf["recommendations"], lake_now["recommendations"],
@@ -128,6 +134,7 @@ def test_backfill_equals_separate_runs_and_reruns_are_idempotent(monkeypatch):
                             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
                             WHERE i.inhparent = 'recommendations'::regclass GROUP BY 1""")
         assert parts and all(n == 1 for _, n in parts)
+        assert (f"FOR VALUES IN ('{newest}')", 1) in parts
     finally:
         settings_mod._cached = None
         site.stop()
