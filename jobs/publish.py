@@ -315,6 +315,12 @@ def _switch(cur, version: str, suffix: str, checks: dict, lists: dict) -> dict:
             # SHARE UPDATE EXCLUSIVE on the parent: readers neither wait nor block it.
             cur.execute(f"ALTER TABLE {table} ATTACH PARTITION {staged} "
                         "FOR VALUES IN (%s)", (version,))
+    if replaced:
+        # The version's lists were rebuilt: nearline and hourly treat it as a new version
+        # (their next runs catch it up), and a nearline window pending for it restarts.
+        cur.execute("UPDATE pipeline_watermarks SET model_version = NULL, "
+                    "details = details - 'pending' WHERE model_version = %s "
+                    "OR details->'pending'->>'version' = %s", (version, version))
     new_previous = live if live != version else previous
     cur.execute("UPDATE serving_state SET live_version = %s, previous_version = %s, "
                 "switched_at = now()", (version, new_previous))

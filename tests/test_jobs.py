@@ -163,10 +163,19 @@ def test_publish_switches_keeps_the_previous_version_and_retires_older(settings,
                                   (11, 1, 2, "Because you watched X")]
         cur.execute("SELECT popularity FROM items ORDER BY item_id")
         assert [r[0] for r in cur.fetchall()] == [2.0, 1.0]
-    # Re-publishing the live version replaces its partitions in place.
+    # Re-publishing the live version replaces its partitions in place; nearline and
+    # hourly, which had caught up with it, treat it as a new version.
+    with db.transaction(dsn) as cur:
+        cur.execute("INSERT INTO pipeline_watermarks (name, value, model_version, details) "
+                    "VALUES ('nearline', now(), 'v2', '{\"pending\": {\"version\": \"v2\"}}'), "
+                    "('hourly', now(), 'v2', '{}')")
     publish.run("v2", dsn=dsn, lake_root=tmp_path / "lake",
                 **_stage(tmp_path, "v2b", dsn, items=((2, 1), (1, 3))) | {})
     assert _partitions(dsn, "recommendations").count("FOR VALUES IN ('v2')") == 1
+    assert _sql(dsn, "SELECT name, model_version, details FROM pipeline_watermarks "
+                     "ORDER BY 1") == [("hourly", None, {}), ("nearline", None, {})]
+    assert _sql(dsn, "SELECT items FROM recommendations WHERE model_version = 'v2' "
+                     "ORDER BY user_id") == [([2, 1],), ([1, 3],)]
     publish.run("v3", dsn=dsn, lake_root=tmp_path / "lake", **_stage(tmp_path, "v3", dsn))
     assert _partitions(dsn, "recommendations") == ["FOR VALUES IN ('v2')",
                                                    "FOR VALUES IN ('v3')"]
