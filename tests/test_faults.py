@@ -116,6 +116,10 @@ def test_a_long_analyst_query_never_stalls_readers_during_a_publish(settings, tm
     # None from the in-memory fallback ("memory"), all answered from the database.
     bad = [r for r in reads if r[4] != 200 or r[3] != baseline[r[5]]]
     assert len(reads) > 100 and not slow and not bad, (len(reads), slow[:5], bad[:5])
+    seconds = sorted(r[1] for r in reads)
+    print(f"reads during the analyst query: {len(reads)}, p99 "
+          f"{seconds[int(0.99 * (len(seconds) - 1))] * 1000:.1f} ms, max "
+          f"{seconds[-1] * 1000:.1f} ms; publish {published_s:.2f} s")
     switched = min(r[0] for r in reads if r[2] == "v3")
     assert switched < analyst_end[0], "v3 went live only after the analyst query ended"
     assert during_analyst and published_s < ANALYST_S / 2, published_s
