@@ -80,7 +80,9 @@ class ScratchHome:
                     if not k.startswith(("RECS_", "AIRFLOW"))}
         self.env.update(RECS_HOME=str(self.home), RECS_PG_PORT=str(port),
                         RECS_LOG_LEVEL="WARNING")
-        self.dsn = f"postgresql://recs@127.0.0.1:{port}/recs"
+        # The pipeline's role; its password is in the home's private pgpass (0600).
+        self.dsn = (f"postgresql://recs_pipeline@127.0.0.1:{port}/recs"
+                    f"?passfile={self.home / 'pg' / 'pgpass'}")
         self.keep = keep
 
     def recs(self, *argv: str) -> subprocess.CompletedProcess:

@@ -158,8 +158,11 @@ end
 
 # --- the database under test -------------------------------------------------------------
 
-def _admin(dsn: str):
-    conn = psycopg2.connect(db.libpq_dsn(dsn))
+def _admin(s):
+    """A connection that may create databases: the private instance's administrator, or
+    the configured URL's role on someone else's server (it needs CREATEDB there)."""
+    conn = (localpg.connect_as(s) if s.uses_private_pg
+            else psycopg2.connect(db.libpq_dsn(s.dsn)))
     conn.autocommit = True
     return conn
 
@@ -169,9 +172,10 @@ def _with_db(dsn: str, name: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path="/" + name))
 
 
-def fresh_database(dsn: str, name: str, template: str | None = None) -> str:
-    """(Re)create database ``name`` next to ``dsn``'s; returns its URL."""
-    conn = _admin(dsn)
+def fresh_database(s, name: str, template: str | None = None) -> str:
+    """(Re)create database ``name`` next to the pipeline's (owned by the pipeline role on
+    the private instance); returns its URL for the pipeline role."""
+    conn = _admin(s)
     try:
         with conn.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -181,11 +185,13 @@ def fresh_database(dsn: str, name: str, template: str | None = None) -> str:
                 cur.execute(f'CREATE DATABASE "{name}"')
     finally:
         conn.close()
-    return _with_db(dsn, name)
+    if s.uses_private_pg:
+        localpg.hand_over(s, name)
+    return _with_db(s.dsn, name)
 
 
-def drop_database(dsn: str, name: str) -> None:
-    conn = _admin(dsn)
+def drop_database(s, name: str) -> None:
+    conn = _admin(s)
     try:
         with conn.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -585,20 +591,22 @@ def publish_under_load(dsn: str, reader: Gunicorn, paths: list[str], args) -> di
 
 # --- pgbench ------------------------------------------------------------------------------
 
-def pgbench(dsn: str, args) -> dict:
+def pgbench(s, args) -> dict:
     """``pgbench -S`` (select-only) against the same server: highest tps, and latency at
     the first fixed rate (pgbench's own ``-R``, latency from the scheduled start)."""
     binary = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"),
                               reverse=True)), None) or shutil.which("pgbench")
     if binary is None:
         return {"skipped": "pgbench not found (apt-get install postgresql-client)"}
-    parts = urllib.parse.urlsplit(db.libpq_dsn(dsn))
+    parts = urllib.parse.urlsplit(db.libpq_dsn(s.dsn))
     conn_args = ["-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432),
                  "-U", parts.username or "recs"]
     env = {**os.environ}
     if parts.password:
         env["PGPASSWORD"] = parts.password
-    fresh_database(dsn, PGBENCH_DB)
+    if s.uses_private_pg:  # the pipeline's password, from the instance's private file
+        env["PGPASSFILE"] = str(localpg.passfile(s))
+    fresh_database(s, PGBENCH_DB)
     try:
         subprocess.run([str(binary), "-i", "-q", "-s", "10", *conn_args, PGBENCH_DB],
                        env=env, check=True, capture_output=True, text=True)
@@ -627,7 +635,7 @@ def pgbench(dsn: str, args) -> dict:
             **{f"p{q}_ms": round(float(np.percentile(a, q)), 3) for q in (50, 95, 99)}}
         return result
     finally:
-        drop_database(dsn, PGBENCH_DB)
+        drop_database(s, PGBENCH_DB)
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -671,11 +679,11 @@ def main() -> None:
                     "args": {k: v for k, v in vars(args).items() if k != "out"}}
     if args.from_live:
         template = urllib.parse.urlsplit(db.libpq_dsn(s.dsn)).path.lstrip("/")
-        dsn = fresh_database(s.dsn, LOAD_DB, template=template)
+        dsn = fresh_database(s, LOAD_DB, template=template)
         migrate.apply(dsn)
         result["data"] = {"from_live": template}
     else:
-        dsn = fresh_database(s.dsn, LOAD_DB)
+        dsn = fresh_database(s, LOAD_DB)
         migrate.apply(dsn)
         print("building the synthetic version...", flush=True)
         result["data"] = publish_synthetic(dsn, args.users, args.items, args.list_k,
@@ -690,6 +698,9 @@ def main() -> None:
     # One key drives every request: its per-worker rate limit (RECS_KEY_RATE_PER_S) would
     # cap the highest-throughput runs, which measure the reader, not the limiter.
     env = {"RECS_DATABASE_URL": dsn, "RECS_LAKE_ROOT": lake, "RECS_KEY_RATE_PER_S": "0"}
+    if s.uses_private_pg:  # the reader and the analyst connect with their own roles
+        env["RECS_READER_DATABASE_URL"] = _with_db(s.reader_dsn, LOAD_DB)
+        args.analyst_dsn = _with_db(s.analyst_dsn, LOAD_DB)
     try:
         if "bare" in scenarios:
             with Gunicorn("bench.bare_app:create_app()", env) as bare:
@@ -730,11 +741,11 @@ def main() -> None:
                       f"{result['fallback'].get('requests')}", flush=True)
         if not args.no_pgbench:
             print("pgbench -S...", flush=True)
-            result["pgbench"] = pgbench(s.dsn, args)
+            result["pgbench"] = pgbench(s, args)
     finally:
         shutil.rmtree(lake, ignore_errors=True)
         if not args.keep:
-            drop_database(s.dsn, LOAD_DB)
+            drop_database(s, LOAD_DB)
     if "bare" in result and "personalized" in result:
         result["personalized_max_over_bare_max"] = round(
             result["personalized"]["max"]["rps_without_memory"]

@@ -55,7 +55,8 @@ def main() -> None:
         step("load", "load", data)
         out = step("daily DAG through Airflow (incl. airflow db migrate)", "pipeline")
         steps["total"] = round(time.perf_counter() - total, 1)
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="recs", dbname="airflow")
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="recs_pipeline",
+                                dbname="airflow", passfile=str(home / "pg" / "pgpass"))
         with conn, conn.cursor() as cur:
             cur.execute("""SELECT task_id, round(duration::numeric, 1) FROM task_instance
                            WHERE dag_id = 'daily' ORDER BY start_date""")
