@@ -1,12 +1,15 @@
-"""Publish a version: COPY its lists into fresh partitions, validate, switch atomically.
+"""Publish a version: checks, COPY and an atomic switch, then retire old versions.
 
-Steps: (1) checks on the frames (coverage, no duplicates, no consumed items, finite
-scores); (2) COPY into new tables shaped like the parents; (3) checks in SQL on what
-landed (row counts); (4) one transaction attaches the tables as the version's partitions
-(replacing that version's old ones on a re-run), points ``serving_state`` at it, keeps the
-previous version and drops versions older than ``keep``. Readers see the old version or
-the new one, never a half-loaded one.
-"""
+Steps, all under one advisory lock (publishes are serialized): (1) checks on the frames
+(coverage, no duplicates, no consumed items, finite scores) after block rules are applied;
+(2) one transaction COPYs the lists into fresh tables (nothing a reader sees), checks the
+row counts and switches: attaches the tables as the version's partitions (replacing that
+version's old ones on a re-run) and points ``serving_state`` at it, each lock waited for
+at most ``lock_timeout`` and retried, so readers never queue behind a waiting switch;
+(3) after the switch, versions beyond ``keep`` (by logical date) are detached with
+``DETACH PARTITION ... CONCURRENTLY`` and dropped. Versions only switch forward: a
+version older than the live one (a backfill) is checked, not loaded. Readers see the old
+version or the new one, never a half-loaded one; a failed publish leaves nothing staged.
 
 from __future__ import annotations
 
