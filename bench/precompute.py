@@ -12,8 +12,8 @@ Timed, per repeat, on the same users (default: all):
 
 * **funnel**: ``rank_users`` + ``final_lists`` (top 100, default re-rank config and
   rules, with reasons) - what the daily DAG's precompute step runs;
-* **stages**: the same work by hand - candidates (``cg.generate``), features
-  (``cg.features``), ranker scoring (``Ranker.score``), the per-user keep-300 sort of
+* **stages**: the same work by hand - candidates (``generators.generate``), features
+  (``features.features``), ranker scoring (``Ranker.score``), the per-user keep-300 sort of
   ``rank_users``, re-rank + reasons (``final_lists``); re-rank alone
   (``with_reasons=False``) is timed too, so reasons = the difference;
 * **reference**: brute-force numpy - ALS user vectors @ all item vectors, history set to
@@ -49,7 +49,8 @@ from core.settings import PROJECT_ROOT
 
 K = 100
 BATCH = 256
-CODE = ("jobs/funnel.py", "models/candidates.py", "models/ranker.py", "models/rerank.py")
+CODE = ("jobs/funnel.py", "models/signals.py", "models/generators.py", "models/features.py",
+        "models/ranker.py", "models/rerank.py")
 
 
 def setup(path: Path, settings: settings_mod.Settings, *, refit: bool = False) -> dict:

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from models import candidates as cg
+from models import features as ft
+from models import generators as gn
 from models import ranker as rk
+from models import signals as sg
 from models.rerank import RerankConfig, Rules, rerank
 
 log = logging.getLogger("recs.funnel")
@@ -47,7 +49,7 @@ class Artifacts:
 
 @dataclass(frozen=True)
 class FunnelConfig:
-    sizes: cg.PoolSizes = cg.PoolSizes()
+    sizes: gn.PoolSizes = gn.PoolSizes()
     ease_lambda: float = 200.0
     ease_max_items: int = 20_000
     new_days: float = 14.0
@@ -87,7 +89,7 @@ def build_signals(pairs: pd.DataFrame, items: pd.DataFrame | None, art: Artifact
                   as_of: pd.Timestamp, config: FunnelConfig = FunnelConfig(),
                   users: np.ndarray | None = None,
                   preferences: dict[int, list[str]] | None = None,
-                  countries: pd.Series | None = None) -> cg.Signals:
+                  countries: pd.Series | None = None) -> sg.Signals:
     """Signals over the catalog (paired items and the items snapshot) for ``users``
     (default: every user of ``pairs``, plus those with onboarding ``preferences``).
     ``countries``: country code by user id (the ``country`` generator)."""
@@ -97,7 +99,7 @@ def build_signals(pairs: pd.DataFrame, items: pd.DataFrame | None, art: Artifact
     if users is None:
         users = np.unique(np.concatenate([pairs["user_id"].to_numpy("int64"),
                                           np.fromiter((preferences or {}).keys(), "int64")]))
-    hist, weight = cg.histories(pairs, users, item_ids)
+    hist, weight = sg.histories(pairs, users, item_ids)
     cats = pd.Series(index=item_ids, dtype="object")
     if items is not None and "category" in items:
         cats = items.drop_duplicates("item_id").set_index("item_id")["category"] \
@@ -123,13 +125,13 @@ def build_signals(pairs: pd.DataFrame, items: pd.DataFrame | None, art: Artifact
         c = pd.Index(names).get_indexer(list(wanted))
         if r >= 0 and (c >= 0).any():
             prefs[int(r)] = c[c >= 0]
-    sig = cg.Signals(
+    sig = sg.Signals(
         user_ids=users, item_ids=item_ids, history=hist, history_weight=weight,
         category=code.astype("int64"), category_names=names,
         popularity=counts.to_numpy("float32"), trending=trending.astype("float32"),
         age_days=np.maximum(age, 0.0), new_days=config.new_days,
-        item_hours=cg.hour_profile(item_row, pairs["timestamp"], len(item_ids)),
-        user_hours=cg.hour_profile(user_row, pairs["timestamp"], len(users)),
+        item_hours=sg.hour_profile(item_row, pairs["timestamp"], len(item_ids)),
+        user_hours=sg.hour_profile(user_row, pairs["timestamp"], len(users)),
         preferences=prefs)
     if countries is not None and countries.notna().any():
         country = countries.dropna().astype(str)
@@ -143,19 +145,19 @@ def build_signals(pairs: pd.DataFrame, items: pd.DataFrame | None, art: Artifact
         np.add.at(per, (c_of_pair[ok], item_row[ok]), 1.0)
         sig.country_popularity = per / np.maximum(per.max(1, keepdims=True), 1.0)
     if art.als is not None:
-        sig.als_users = cg.align_rows(art.als.user_ids, art.als.user_factors, users)
-        sig.als_items = cg.align_rows(art.als.item_ids, art.als.item_factors, item_ids)
+        sig.als_users = sg.align_rows(art.als.user_ids, art.als.user_factors, users)
+        sig.als_items = sg.align_rows(art.als.item_ids, art.als.item_factors, item_ids)
     if art.two_tower is not None:
-        sig.tt_users = cg.align_rows(art.two_tower.user_ids, art.two_tower.user_factors,
+        sig.tt_users = sg.align_rows(art.two_tower.user_ids, art.two_tower.user_factors,
                                      users)
-        sig.tt_items = cg.align_rows(art.two_tower.item_ids, art.two_tower.item_factors,
+        sig.tt_items = sg.align_rows(art.two_tower.item_ids, art.two_tower.item_factors,
                                      item_ids)
     if art.text is not None:
-        sig.text = cg.unit_rows(cg.align_rows(art.text_ids, art.text, item_ids))
+        sig.text = sg.unit_rows(sg.align_rows(art.text_ids, art.text, item_ids))
     if art.covisit is not None:
-        sig.covisit = cg.covisit_matrix(art.covisit, item_ids)
+        sig.covisit = sg.covisit_matrix(art.covisit, item_ids)
     if config.ease_max_items > 0:
-        sig.ease, sig.itemknn = cg.item_item(pairs, item_ids, config.ease_lambda,
+        sig.ease, sig.itemknn = sg.item_item(pairs, item_ids, config.ease_lambda,
                                              config.ease_max_items)
     return sig
 
@@ -175,7 +177,7 @@ def fit_artifacts(pairs: pd.DataFrame, items: pd.DataFrame, *, spark, settings,
     cat = catalog(items, pairs)
     vectors = None
     if text is not None:
-        vectors = cg.align_rows(text[0], text[1], cat["item_id"].to_numpy())
+        vectors = sg.align_rows(text[0], text[1], cat["item_id"].to_numpy())
     model, item_feats, user_feats = tt.fit(pairs, cat, settings.two_tower_config(),
                                            text=vectors)
     two_tower = train_als.Factors(user_feats.user_ids, model.user_vectors(user_feats),
@@ -192,13 +194,13 @@ def fit_artifacts(pairs: pd.DataFrame, items: pd.DataFrame, *, spark, settings,
 # --- Candidates, features and the ranker ------------------------------------------------
 
 
-def candidate_batches(sig: cg.Signals, users: np.ndarray, sizes: cg.PoolSizes,
+def candidate_batches(sig: sg.Signals, users: np.ndarray, sizes: gn.PoolSizes,
                       batch: int = USER_BATCH):
     """Yield (user rows, Candidates with user = positions into those rows, features)."""
     for a in range(0, len(users), batch):
         rows = users[a:a + batch]
-        cand = cg.generate(sig, rows, sizes)
-        yield rows, cand, cg.features(sig, rows, cand)
+        cand = gn.generate(sig, rows, sizes)
+        yield rows, cand, ft.features(sig, rows, cand)
 
 
 @dataclass
@@ -207,7 +209,7 @@ class Pool:
     ``cand.user`` indexes ``rows``."""
 
     rows: np.ndarray
-    cand: cg.Candidates
+    cand: gn.Candidates
     x: np.ndarray
 
     @property
@@ -215,7 +217,7 @@ class Pool:
         return np.searchsorted(self.cand.user, np.arange(len(self.rows) + 1))
 
 
-def candidate_pool(sig: cg.Signals, rows: np.ndarray, sizes: cg.PoolSizes) -> Pool:
+def candidate_pool(sig: sg.Signals, rows: np.ndarray, sizes: gn.PoolSizes) -> Pool:
     """Candidates and features of ``rows``, generated once, for training and scoring."""
     users, items, ranks, scores, xs = [], [], [], [], []
     offset = 0
@@ -226,19 +228,19 @@ def candidate_pool(sig: cg.Signals, rows: np.ndarray, sizes: cg.PoolSizes) -> Po
         scores.append(cand.scores)
         xs.append(x)
         offset += len(batch_rows)
-    n_src, n_feat = len(cg.SOURCES), len(cg.feature_names())
+    n_src, n_feat = len(gn.SOURCES), len(ft.feature_names())
 
     def cat(parts: list, empty: np.ndarray) -> np.ndarray:
         return np.concatenate(parts) if parts else empty
 
-    return Pool(rows, cg.Candidates(cat(users, np.empty(0, "int64")),
+    return Pool(rows, gn.Candidates(cat(users, np.empty(0, "int64")),
                                     cat(items, np.empty(0, "int64")),
                                     cat(ranks, np.empty((0, n_src), "int32")),
                                     cat(scores, np.empty((0, n_src), "float32"))),
                 cat(xs, np.empty((0, n_feat), "float32")))
 
 
-def pool_labels(sig: cg.Signals, pool: Pool, labels: pd.DataFrame) -> np.ndarray:
+def pool_labels(sig: sg.Signals, pool: Pool, labels: pd.DataFrame) -> np.ndarray:
     """Per candidate of ``pool``: whether (user, item) is a pair of ``labels``."""
     u = pd.Index(sig.user_ids).get_indexer(labels["user_id"].to_numpy())
     i = pd.Index(sig.item_ids).get_indexer(labels["item_id"].to_numpy())
@@ -288,7 +290,7 @@ def crossfit_ranker(pool: Pool, y: np.ndarray, config: FunnelConfig, folds: int,
     scale = rk.scaling(pool.x) if len(pool.x) else None
     oof = np.zeros(len(user), "float32")
     rankers, val_info = [], []
-    names = cg.feature_names()
+    names = ft.feature_names()
     for f in range(folds):
         test_users = np.flatnonzero(fold_of == f)
         rest = np.flatnonzero(fold_of != f)
@@ -338,7 +340,7 @@ class Ranked:
     source: list[np.ndarray]  # per item: index into SOURCES of its best-placed generator
 
 
-def rank_users(sig: cg.Signals, users: np.ndarray, config: FunnelConfig,
+def rank_users(sig: sg.Signals, users: np.ndarray, config: FunnelConfig,
                ranker: rk.Ranker | rk.RankerSet | None, keep: int = 300, by: str | None = None,
                timings: dict[str, float] | None = None) -> Ranked:
     """Score every candidate with ``ranker`` (or, with ``by``, one generator's own
@@ -346,10 +348,10 @@ def rank_users(sig: cg.Signals, users: np.ndarray, config: FunnelConfig,
     ``timings``, when given, accumulates seconds per stage ('candidates', 'features',
     'ranker_score', 'sort_keep') and the number of candidates ('n_candidates')."""
     items, scores, source = [], [], []
-    col = None if by is None else cg.SOURCES.index(by)
+    col = None if by is None else gn.SOURCES.index(by)
     sizes = config.sizes
     if col is not None:  # one generator alone proposes its own pool
-        sizes = cg.PoolSizes(**{s: (keep if s == by else 0) for s in cg.SOURCES})
+        sizes = gn.PoolSizes(**{s: (keep if s == by else 0) for s in gn.SOURCES})
     width = pool_widths(sizes)
     clock = {} if timings is None else timings
 
@@ -361,11 +363,11 @@ def rank_users(sig: cg.Signals, users: np.ndarray, config: FunnelConfig,
     for a in range(0, len(users), USER_BATCH):
         rows = users[a:a + USER_BATCH]
         t = time.perf_counter()
-        cand = cg.generate(sig, rows, sizes)
+        cand = gn.generate(sig, rows, sizes)
         t = tick("candidates", t)
         clock["n_candidates"] = clock.get("n_candidates", 0) + len(cand.user)
         if col is None:
-            x = cg.features(sig, rows, cand)
+            x = ft.features(sig, rows, cand)
             t = tick("features", t)
             s = ranker.score(x)
             t = tick("ranker_score", t)
@@ -379,7 +381,7 @@ def rank_users(sig: cg.Signals, users: np.ndarray, config: FunnelConfig,
     return Ranked(users, items, scores, source)
 
 
-def best_lists(cand: cg.Candidates, s: np.ndarray, n_users: int, keep: int,
+def best_lists(cand: gn.Candidates, s: np.ndarray, n_users: int, keep: int,
                width: np.ndarray, only: np.ndarray | None = None) -> Ranked:
     """Per user 0..n_users-1 of ``cand`` (sorted by user): the ``keep`` candidates with
     the highest ``s`` (ties: candidate order), each with its best-placed generator
@@ -398,19 +400,19 @@ def best_lists(cand: cg.Candidates, s: np.ndarray, n_users: int, keep: int,
     return Ranked(np.arange(n_users), items, scores, source)
 
 
-def pool_widths(sizes: cg.PoolSizes) -> np.ndarray:
-    return np.maximum(np.array([sizes.get(n) for n in cg.SOURCES]), 1)
+def pool_widths(sizes: gn.PoolSizes) -> np.ndarray:
+    return np.maximum(np.array([sizes.get(n) for n in gn.SOURCES]), 1)
 
 
 # --- Re-ranking and reasons ---------------------------------------------------------------
 
 
-def reason_for(sig: cg.Signals, user: int, item: int, source: int,
+def reason_for(sig: sg.Signals, user: int, item: int, source: int,
                titles, sim: np.ndarray | None) -> tuple[str, int]:
     """(reason, reason_item_id or -1) for one recommended item."""
     if source < 0:
         return "Featured", -1
-    name = cg.SOURCES[source]
+    name = gn.SOURCES[source]
     cat = sig.category[item]
     cat_name = sig.category_names[cat] if cat >= 0 else None
     hist = sig.history[user]
@@ -432,7 +434,7 @@ def reason_for(sig: cg.Signals, user: int, item: int, source: int,
     return "Recommended for you", -1
 
 
-def history_similarity(sig: cg.Signals, user: int, items: np.ndarray,
+def history_similarity(sig: sg.Signals, user: int, items: np.ndarray,
                        source: np.ndarray) -> list[np.ndarray | None]:
     """Per item: its similarity to each history item (the measure behind its reason):
     text cosine for text picks, else co-visitation plus 1e-3 x ALS cosine (text cosine
@@ -447,7 +449,7 @@ def history_similarity(sig: cg.Signals, user: int, items: np.ndarray,
     txt = sig.text[items] @ sig.text[hist].T if sig.text is not None else None
     out = []
     for n, (item, src) in enumerate(zip(items, source, strict=True)):
-        if src >= 0 and cg.SOURCES[src] == "text" and txt is not None:
+        if src >= 0 and gn.SOURCES[src] == "text" and txt is not None:
             out.append(txt[n])
             continue
         s = co[n].astype("float32")
@@ -459,7 +461,7 @@ def history_similarity(sig: cg.Signals, user: int, items: np.ndarray,
     return out
 
 
-def final_lists(sig: cg.Signals, ranked: Ranked, titles: pd.Series, k: int, *,
+def final_lists(sig: sg.Signals, ranked: Ranked, titles: pd.Series, k: int, *,
                 config: RerankConfig, rules: Rules = Rules(), with_reasons: bool = True
                 ) -> pd.DataFrame:
     """Re-ranked top ``k`` per user with reasons: the published list layout."""
@@ -491,7 +493,7 @@ def final_lists(sig: cg.Signals, ranked: Ranked, titles: pd.Series, k: int, *,
         records.append((int(sig.user_ids[u]), sig.item_ids[items].astype("int64"),
                         scores.astype("float32"), [w[0] for w in why],
                         np.array([w[1] for w in why], "int64"),
-                        [cg.SOURCES[s] if s >= 0 else "pin" for s in source],
+                        [gn.SOURCES[s] if s >= 0 else "pin" for s in source],
                         sig.item_ids[sig.history[u][:10]].astype("int64")))
     return pd.DataFrame(records, columns=["user_id", "items", "scores", "reasons",
                                           "reason_item_ids", "sources", "history_tail"])
@@ -511,9 +513,9 @@ def _frame(user_ids: np.ndarray, items: list[np.ndarray]) -> pd.DataFrame:
                          if len(items) else []})
 
 
-def generator_lists(pool: Pool, source: str, keep: int, sizes: cg.PoolSizes) -> Ranked:
+def generator_lists(pool: Pool, source: str, keep: int, sizes: gn.PoolSizes) -> Ranked:
     """One generator alone: its own pool among the candidates, in its own order."""
-    j = cg.SOURCES.index(source)
+    j = gn.SOURCES.index(source)
     r = pool.cand.ranks[:, j]
     ranked = best_lists(pool.cand, -r.astype("float64"), len(pool.rows), keep,
                         pool_widths(sizes), only=r >= 0)
@@ -548,7 +550,7 @@ def choose(metrics: dict[str, dict[str, float]], k: int = K) -> dict:
             "reason": why, "options": {n: round(v, 6) for n, v in options.items()}}
 
 
-def gate_table(sig: cg.Signals, config: FunnelConfig, train: pd.DataFrame,
+def gate_table(sig: sg.Signals, config: FunnelConfig, train: pd.DataFrame,
                test: pd.DataFrame, *, n_catalog: int, titles: pd.Series, folds: int = 2,
                rules: Rules = Rules(), k: int = K, max_users: int = 5000,
                log_epoch: Callable[[dict], None] | None = None
@@ -598,8 +600,8 @@ def gate_table(sig: cg.Signals, config: FunnelConfig, train: pd.DataFrame,
     out: dict = {"popularity": score(popularity_predictions(train, user_ids, k)),
                  "reranked": {}}
     width = pool_widths(config.sizes)
-    for source in cg.SOURCES:
-        j = cg.SOURCES.index(source)
+    for source in gn.SOURCES:
+        j = gn.SOURCES.index(source)
         if config.sizes.get(source) == 0 or not (pool.cand.ranks[:, j] >= 0).any():
             continue
         gen = generator_lists(pool, source, config.sizes.get(source), config.sizes)

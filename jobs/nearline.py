@@ -290,7 +290,7 @@ def funnel_lists(live: LiveVersion, pairs: pd.DataFrame, user_ids: np.ndarray,
     from jobs import daily, funnel
     from jobs.precompute import load_rules
     from jobs.train_als import Factors
-    from models.candidates import SOURCES
+    from models.generators import SOURCES
     from models.ranker import load as load_ranker
 
     t0 = time.perf_counter()

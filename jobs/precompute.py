@@ -119,7 +119,7 @@ def run_funnel(day: dt.date, sig, ranker_dir: str, items: pd.DataFrame, factors_
     'full_pipeline' (candidates, ranker, re-ranking) or one generator's name (its own
     lists, re-ranked with the same rules); reasons either way."""
     from jobs import funnel
-    from models.candidates import SOURCES
+    from models.generators import SOURCES
     from models.ranker import load as load_ranker
 
     t0 = time.perf_counter()

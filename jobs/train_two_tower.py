@@ -80,7 +80,7 @@ def text_matrix(items: pd.DataFrame, cache_dir: Path | None = None) -> np.ndarra
 def store_vectors(store: pd.DataFrame, item_ids: np.ndarray) -> np.ndarray:
     """Rows of a text store (item_id, vector) in the order of ``item_ids`` (zeros for an
     item without a vector yet)."""
-    from models.candidates import align_rows
+    from models.signals import align_rows
 
     vecs = np.stack(store["vector"].to_numpy()).astype("float32") if len(store) else \
         np.zeros((0, 1), "float32")

@@ -1,6 +1,6 @@
 """The learned ranker: stage 2 of the funnel (PyTorch).
 
-A small MLP scores each candidate from its features (models/candidates.py); ``ensemble``
+A small MLP scores each candidate from its features (models/features.py); ``ensemble``
 such nets, trained with consecutive seeds, average their scores (steadier than one). Each
 is trained listwise: per user, a softmax over the user's candidates, with the candidates
 the user interacted with in the label period as the targets (cross-entropy averaged over

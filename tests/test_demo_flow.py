@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from core.settings import PROJECT_ROOT
-from models.candidates import feature_names
+from models.features import feature_names
 from models.ranker import RankerConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.spark,

@@ -1,5 +1,6 @@
 """The funnel on a small hand-built world: generators, features, the ranker, reasons and
-cold start (models/candidates.py, models/ranker.py, jobs/funnel.py).
+cold start (models/signals.py, models/generators.py, models/features.py, models/ranker.py,
+jobs/funnel.py).
 
 Every expected value is recomputed here from the raw inputs (the artefacts' vectors by
 id, the pairs, the co-visitation rows), not read back from the Signals under test; the one
@@ -16,9 +17,11 @@ import pytest
 
 from jobs import funnel as fn
 from jobs.train_als import Factors
-from models import candidates as cg
+from models import features as ft
+from models import generators as gn
 from models import ranker as rk
 from models.rerank import RerankConfig
+from models.signals import Signals
 
 AS_OF = pd.Timestamp("2024-06-01", tz="UTC")
 CATS = ("Action", "Comedy", "Drama", "Horror")
@@ -35,7 +38,7 @@ class World:
     pairs: pd.DataFrame
     items: pd.DataFrame
     art: fn.Artifacts
-    sig: cg.Signals
+    sig: Signals
     titles: pd.Series
     hist: dict[int, list[int]]  # user id -> item ids, newest first
 
@@ -185,11 +188,11 @@ def reference(w: World, source: str, users: np.ndarray) -> np.ndarray:
         return np.array([m[h].sum(0) if h else np.zeros(len(ids)) for h in hrows])
     if source in ("covisit", "covisit_history"):
         c = item_item(w, "covisit")
-        n = cg.RECENT if source == "covisit" else None
+        n = gn.RECENT if source == "covisit" else None
         return np.array([c[h[:n]].mean(0) if h else np.zeros(len(ids)) for h in hrows])
     if source == "text":
         t = _unit(_by_id(w.art.text_ids, w.art.text, ids))
-        prof = np.array([t[h[:cg.RECENT]].mean(0) if h else np.zeros(t.shape[1])
+        prof = np.array([t[h[:gn.RECENT]].mean(0) if h else np.zeros(t.shape[1])
                          for h in hrows])
         return _unit(prof) @ t.T
     if source == "country":  # interactions of the user's compatriots, max 1 per country
@@ -212,17 +215,17 @@ def reference(w: World, source: str, users: np.ndarray) -> np.ndarray:
     raise AssertionError(source)
 
 
-def ranked_list(cand: cg.Candidates, r: int, j: int) -> np.ndarray:
+def ranked_list(cand: gn.Candidates, r: int, j: int) -> np.ndarray:
     """Items of generator ``j`` for user position ``r``, in its rank order."""
     sel = (cand.user == r) & (cand.ranks[:, j] >= 0)
     return cand.item[sel][np.argsort(cand.ranks[sel, j])]
 
 
-def only(source: str, n: int = N) -> cg.PoolSizes:
-    return cg.PoolSizes(**{s: (n if s == source else 0) for s in cg.SOURCES})
+def only(source: str, n: int = N) -> gn.PoolSizes:
+    return gn.PoolSizes(**{s: (n if s == source else 0) for s in gn.SOURCES})
 
 
-EVERY = cg.PoolSizes(**{s: N for s in cg.SOURCES})
+EVERY = gn.PoolSizes(**{s: N for s in gn.SOURCES})
 
 
 def warm_rows(w: World) -> np.ndarray:
@@ -246,14 +249,14 @@ def test_world_signals_line_up(world):
 # --- Generators --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("source", cg.SOURCES)
+@pytest.mark.parametrize("source", gn.SOURCES)
 def test_generator_proposes_its_best_items_outside_history(world, source):
     users = np.arange(world.sig.n_users)
-    cand = cg.generate(world.sig, users, only(source))
-    j = cg.SOURCES.index(source)
+    cand = gn.generate(world.sig, users, only(source))
+    j = gn.SOURCES.index(source)
     ref = reference(world, source, users)
     hrows = _history_rows(world, world.sig.user_ids[users])
-    assert (cand.ranks[:, [k for k in range(len(cg.SOURCES)) if k != j]] == -1).all()
+    assert (cand.ranks[:, [k for k in range(len(gn.SOURCES)) if k != j]] == -1).all()
     for r, u in enumerate(users):
         got = ranked_list(cand, r, j)
         assert not set(got.tolist()) & set(hrows[r]), f"user {u}: history item proposed"
@@ -274,14 +277,14 @@ def test_generator_proposes_its_best_items_outside_history(world, source):
 def test_generate_merges_duplicates_keeping_every_rank(world):
     sig = world.sig
     users = warm_rows(world)
-    cand = cg.generate(sig, users, EVERY)
+    cand = gn.generate(sig, users, EVERY)
     keys = cand.user * sig.n_items + cand.item
     assert len(np.unique(keys)) == len(keys), "one row per (user, item)"
     assert (np.diff(cand.user) >= 0).all(), "sorted by user"
     assert ((cand.ranks >= 0).sum(1) >= 1).all()
     assert ((cand.ranks >= 0).sum(1) >= 2).any(), "the world has overlapping generators"
-    for j, source in enumerate(cg.SOURCES):
-        alone = cg.generate(sig, users, only(source))
+    for j, source in enumerate(gn.SOURCES):
+        alone = gn.generate(sig, users, only(source))
         for r in range(len(users)):
             lst = ranked_list(alone, r, j).tolist()
             sel = cand.user == r
@@ -300,9 +303,9 @@ def test_generate_merges_duplicates_keeping_every_rank(world):
 def test_features_shape_and_per_user_normalisation(world):
     sig = world.sig
     users = warm_rows(world)[:6]
-    cand = cg.generate(sig, users, EVERY)
-    x = cg.features(sig, users, cand)
-    names = cg.feature_names()
+    cand = gn.generate(sig, users, EVERY)
+    x = ft.features(sig, users, cand)
+    names = ft.feature_names()
     assert x.shape == (len(cand.user), len(names)) and x.dtype == np.float32
     assert np.isfinite(x).all()
     col = {n: k for k, n in enumerate(names)}
@@ -322,11 +325,11 @@ def test_features_shape_and_per_user_normalisation(world):
             strict = score[higher] > score[lower]
             assert (pct[higher][strict] > pct[lower][strict]).all(), (r, s)
             np.testing.assert_allclose(seg[:, col[f"{s}_score"]],
-                                       cand.scores[cand.user == r, cg.SOURCES.index(s)])
+                                       cand.scores[cand.user == r, gn.SOURCES.index(s)])
     # A user's features do not depend on who else is in the batch.
-    alone = cg.generate(sig, users[:1], EVERY)
+    alone = gn.generate(sig, users[:1], EVERY)
     np.testing.assert_array_equal(alone.item, cand.item[cand.user == 0])
-    np.testing.assert_allclose(cg.features(sig, users[:1], alone), x[cand.user == 0],
+    np.testing.assert_allclose(ft.features(sig, users[:1], alone), x[cand.user == 0],
                                rtol=1e-5, atol=1e-6)
 
 
@@ -335,11 +338,11 @@ def test_nearest_history_features_match_raw_similarities(world):
     the user's history under that view; itemknn_top3 the mean of its three highest."""
     sig = world.sig
     users = np.append(warm_rows(world)[:5], list(sig.user_ids).index(COLD_USER))
-    cand = cg.generate(sig, users, EVERY)
-    x = cg.features(sig, users, cand)
-    col = {n: k for k, n in enumerate(cg.feature_names())}
+    cand = gn.generate(sig, users, EVERY)
+    x = ft.features(sig, users, cand)
+    col = {n: k for k, n in enumerate(ft.feature_names())}
     hrows = _history_rows(world, sig.user_ids[users])
-    views = {v: item_item(world, v) for v in cg.NEAREST}
+    views = {v: item_item(world, v) for v in ft.NEAREST}
     for r in range(len(users)):
         seg, items = x[cand.user == r], cand.item[cand.user == r]
         for v, m in views.items():
@@ -351,7 +354,7 @@ def test_nearest_history_features_match_raw_similarities(world):
                                    np.sort(knn, axis=0)[-3:].mean(0), rtol=1e-4, atol=1e-5)
     # The cold user (no history) has no nearest item: every such feature is 0.
     cold = x[cand.user == len(users) - 1]
-    assert len(cold) and not cold[:, [col[f"{v}_nearest"] for v in cg.NEAREST]].any()
+    assert len(cold) and not cold[:, [col[f"{v}_nearest"] for v in ft.NEAREST]].any()
 
 
 # --- The ranker --------------------------------------------------------------------------
@@ -469,13 +472,13 @@ def test_early_stopping_keeps_the_best_validation_epoch():
 
 def _pool(x: np.ndarray, user: np.ndarray) -> fn.Pool:
     n = len(np.unique(user))
-    cand = cg.Candidates(user, np.arange(len(user)), np.zeros((len(user), len(cg.SOURCES))),
-                         np.zeros((len(user), len(cg.SOURCES))))
+    cand = gn.Candidates(user, np.arange(len(user)), np.zeros((len(user), len(gn.SOURCES))),
+                         np.zeros((len(user), len(gn.SOURCES))))
     return fn.Pool(np.arange(n), cand, x)
 
 
 def test_crossfit_scores_each_user_with_a_ranker_that_never_saw_it(monkeypatch):
-    x, user, label, _ = planted(60, seed=13, f=len(cg.feature_names()))
+    x, user, label, _ = planted(60, seed=13, f=len(ft.feature_names()))
     cfg = fn.FunnelConfig(ranker=rk.RankerConfig(hidden=(8,), epochs=4, lr=1e-2,
                                                  batch_users=16, seed=3, ensemble=2))
     ranker, oof, info = fn.crossfit_ranker(_pool(x, user), label, cfg, folds=3)
@@ -538,8 +541,8 @@ def _reason_similarity(w: World, hist: list[int], item: int, source: str) -> np.
 @pytest.fixture(scope="module")
 def lists(world) -> pd.DataFrame:
     sig = world.sig
-    config = fn.FunnelConfig(sizes=cg.PoolSizes(**{s: 12 for s in cg.SOURCES}))
-    names = cg.feature_names()
+    config = fn.FunnelConfig(sizes=gn.PoolSizes(**{s: 12 for s in gn.SOURCES}))
+    names = ft.feature_names()
     ranker = rk.Ranker(rk.RankerConfig(hidden=(8,), seed=3), names,
                        np.zeros(len(names)), np.ones(len(names)))  # untrained: any order
     users = np.arange(sig.n_users)
@@ -602,10 +605,10 @@ def test_cold_user_gets_its_onboarding_category_first(world):
     r = int(np.flatnonzero(sig.user_ids == COLD_USER)[0])
     assert len(sig.history[r]) == 0
     users = np.arange(sig.n_users)  # among the warm users, as in a daily batch
-    cand = cg.generate(sig, users, cg.PoolSizes(**{s: 30 for s in cg.SOURCES}))
+    cand = gn.generate(sig, users, gn.PoolSizes(**{s: 30 for s in gn.SOURCES}))
     cats = np.array(CATS)[sig.category]
     for source in ("trending", "new"):
-        got = ranked_list(cand, r, cg.SOURCES.index(source))
+        got = ranked_list(cand, r, gn.SOURCES.index(source))
         is_comedy = cats[got] == "Comedy"
         ref = reference(world, source, np.array([r]))[0]
         n_comedy = int(((cats == "Comedy") & (ref > 0)).sum())
@@ -622,13 +625,13 @@ def test_new_item_reaches_a_user_with_similar_history(world):
     r = int(np.flatnonzero(sig.user_ids == TARGET_USER)[0])
     col = int(np.flatnonzero(sig.item_ids == NEW_ITEM)[0])
     assert sig.popularity[col] == 0 and not sig.als_items[col].any()
-    cand = cg.generate(sig, np.array([r]), EVERY)
+    cand = gn.generate(sig, np.array([r]), EVERY)
     sel = cand.item == col
     assert sel.sum() == 1, "the new item is a candidate"
-    ranks = dict(zip(cg.SOURCES, cand.ranks[sel][0].tolist(), strict=True))
+    ranks = dict(zip(gn.SOURCES, cand.ranks[sel][0].tolist(), strict=True))
     assert ranks["text"] == 0 and ranks["two_tower"] == 0, ranks
     assert ranks["new"] >= 0
     # A user whose taste is far from it does not get it from the content generators.
     far = int(np.argmin(reference(world, "two_tower", np.arange(N_USERS))[:, col]))
-    other = cg.generate(sig, np.array([far]), only("two_tower"))
+    other = gn.generate(sig, np.array([far]), only("two_tower"))
     assert col not in other.item

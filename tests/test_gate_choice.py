@@ -47,7 +47,7 @@ def broken_run(dsn, tmp_path, monkeypatch):
 
 
 def test_broken_ranker_publishes_the_best_generator_instead(broken_run):
-    from models.candidates import SOURCES
+    from models.generators import SOURCES
 
     result, lists = broken_run["result"], broken_run["lists"]
     with psycopg2.connect(broken_run["dsn"]) as conn, conn.cursor() as cur:
