@@ -4,7 +4,7 @@ On a MovieLens folder (default ml-latest-small), set up once and not timed: the 
 the stratified 75/25 split (seed 42) of ``recs evaluate``; the artefacts (ALS, two-tower
 with text vectors, co-visitation) fitted on the training part in a local[2] Spark
 session, the signals built from it, and the ranker cross-fitted on the test users'
-candidates as the daily gate does (``jobs.funnel.gate_table``). The timed signals are
+candidates as the daily gate does (``models.gate.gate_table``). The timed signals are
 the ones the ranker learned from (``--refit`` refits the artefacts on all the pairs, as
 the daily ``full`` fit does).
 
@@ -49,15 +49,17 @@ from core.settings import PROJECT_ROOT
 
 K = 100
 BATCH = 256
-CODE = ("jobs/funnel.py", "models/signals.py", "models/generators.py", "models/features.py",
-        "models/ranker.py", "models/rerank.py")
+CODE = ("models/funnel.py", "models/signals.py", "models/generators.py", "models/features.py",
+        "models/reasons.py", "models/ranker.py", "models/rerank.py")
 
 
 def setup(path: Path, settings: settings_mod.Settings, *, refit: bool = False) -> dict:
     """Signals, ranker, titles and config for ``path`` (the untimed part)."""
-    from jobs import funnel
+    from jobs.funnel import fit_artifacts
     from jobs.train_als import spark_session
     from jobs.train_two_tower import catalog, protocol_data, text_matrix
+    from models.funnel import build_signals
+    from models.gate import gate_table
 
     timings = {}
     t = time.perf_counter()
@@ -73,20 +75,19 @@ def setup(path: Path, settings: settings_mod.Settings, *, refit: bool = False) -
     spark.sparkContext.setLogLevel("ERROR")
     try:
         t = time.perf_counter()
-        art = funnel.fit_artifacts(part, items, spark=spark, settings=settings, text=text)
-        sig = funnel.build_signals(part, items, art, as_of=part["timestamp"].max(), config=cfg)
+        art = fit_artifacts(part, items, spark=spark, settings=settings, text=text)
+        sig = build_signals(part, items, art, as_of=part["timestamp"].max(), config=cfg)
         timings["fit_seconds"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
-        _, ranker, info = funnel.gate_table(
+        _, ranker, info = gate_table(
             sig, cfg, part, labels, n_catalog=int(pairs["item_id"].nunique()),
             titles=items.set_index("item_id")["title"], folds=settings.ranker_folds,
             max_users=settings.gate_max_users)
         timings["ranker_seconds"] = round(time.perf_counter() - t, 1)
         if refit:
             t = time.perf_counter()
-            art = funnel.fit_artifacts(pairs, items, spark=spark, settings=settings, text=text)
-            sig = funnel.build_signals(pairs, items, art, as_of=pairs["timestamp"].max(),
-                                       config=cfg)
+            art = fit_artifacts(pairs, items, spark=spark, settings=settings, text=text)
+            sig = build_signals(pairs, items, art, as_of=pairs["timestamp"].max(), config=cfg)
             timings["refit_seconds"] = round(time.perf_counter() - t, 1)
     finally:
         spark.stop()
@@ -98,11 +99,12 @@ def setup(path: Path, settings: settings_mod.Settings, *, refit: bool = False) -
 
 def funnel_run(sig, users: np.ndarray, cfg, ranker, titles):
     """The precompute step's funnel: ranked candidates, then re-ranked top ``K`` lists."""
-    from jobs import funnel
+    from models.funnel import rank_users
+    from models.reasons import final_lists
     from models.rerank import Rules
 
-    ranked = funnel.rank_users(sig, users, cfg, ranker)
-    return funnel.final_lists(sig, ranked, titles, K, config=cfg.rerank, rules=Rules())
+    ranked = rank_users(sig, users, cfg, ranker)
+    return final_lists(sig, ranked, titles, K, config=cfg.rerank, rules=Rules())
 
 
 def funnel_stages(sig, users: np.ndarray, cfg, ranker, titles, keep: int = 300):
@@ -110,17 +112,17 @@ def funnel_stages(sig, users: np.ndarray, cfg, ranker, titles, keep: int = 300):
     ``final_lists`` without and with reasons), timed.
 
     Returns (seconds per stage, Ranked, lists, candidates per user)."""
-    from jobs import funnel
+    from models.funnel import rank_users
+    from models.reasons import final_lists
     from models.rerank import Rules
 
     sec: dict[str, float] = {}
-    ranked = funnel.rank_users(sig, users, cfg, ranker, keep=keep, timings=sec)
+    ranked = rank_users(sig, users, cfg, ranker, keep=keep, timings=sec)
     n_cand = sec.pop("n_candidates")
     t0 = time.perf_counter()
-    funnel.final_lists(sig, ranked, titles, K, config=cfg.rerank, rules=Rules(),
-                       with_reasons=False)
+    final_lists(sig, ranked, titles, K, config=cfg.rerank, rules=Rules(), with_reasons=False)
     t1 = time.perf_counter()
-    lists = funnel.final_lists(sig, ranked, titles, K, config=cfg.rerank, rules=Rules())
+    lists = final_lists(sig, ranked, titles, K, config=cfg.rerank, rules=Rules())
     sec["rerank_reasons"] = time.perf_counter() - t1
     sec["rerank"] = t1 - t0
     return sec, ranked, lists, n_cand / max(len(users), 1)

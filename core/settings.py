@@ -185,7 +185,7 @@ class Settings:
             dataclasses.replace(cfg, epochs=self.two_tower_epochs)
 
     def funnel_config(self):
-        from jobs.funnel import FunnelConfig
+        from models.funnel import FunnelConfig
         from models.ranker import RankerConfig
         from models.rerank import RerankConfig
 

@@ -151,11 +151,11 @@ def fit_artifacts(fit: str, als_dir: str, two_tower_dir: str, covisit_dir: str,
     """One fit's trained artefacts (``fit``: full or eval) as the funnel reads them."""
     import pandas as pd
 
-    from jobs import funnel
     from jobs.train_als import load_factors
+    from models.funnel import Artifacts
 
     store = pd.read_parquet(text_store)
-    return funnel.Artifacts(
+    return Artifacts(
         als=load_factors(Path(als_dir) / fit),
         two_tower=load_factors(Path(two_tower_dir) / fit),
         covisit=pd.read_parquet(Path(covisit_dir) / fit / "covisit.parquet"),
@@ -167,9 +167,9 @@ def user_context(users_path: str | None):
     """(onboarding preferences, countries) of the users snapshot."""
     import pandas as pd
 
-    from jobs import funnel
+    from jobs.funnel import read_preferences
 
-    prefs = funnel.read_preferences(users_path)
+    prefs = read_preferences(users_path)
     countries = None
     if users_path:
         countries = pd.read_parquet(users_path).set_index("user_id")["country"]
@@ -181,7 +181,7 @@ def _signals(day: dt.date, fit: str, pairs: dict, extracted: dict, text: dict,
     """The funnel's signals from one fit's artefacts (``fit``: full or eval)."""
     import pandas as pd
 
-    from jobs import funnel
+    from models.funnel import build_signals
 
     s = settings_mod.get()
     train = pd.read_parquet(pairs[FITS[fit]])
@@ -190,8 +190,8 @@ def _signals(day: dt.date, fit: str, pairs: dict, extracted: dict, text: dict,
                         text["store"])
     prefs, countries = user_context(extracted.get("users"))
     as_of = pd.Timestamp(extracted["data_end"])
-    return funnel.build_signals(train, items, art, as_of=as_of, config=s.funnel_config(),
-                                preferences=prefs, countries=countries), train, items
+    return build_signals(train, items, art, as_of=as_of, config=s.funnel_config(),
+                         preferences=prefs, countries=countries), train, items
 
 
 def item_stats(day: dt.date, extracted: dict) -> dict:
@@ -216,18 +216,18 @@ def evaluate(day: dt.date, pairs: dict, extracted: dict, index: dict, stats: dic
     """The gate and the day's ranker: the funnel fitted on the training part (``eval``
     fit), the ranker cross-fitted on the held-out users' candidates, every generator, the
     ranker, the full pipeline and popularity scored on the test pairs; the lists to
-    publish chosen (jobs.funnel.choose), the run recorded in ``model_runs``."""
+    publish chosen (models.gate.choose), the run recorded in ``model_runs``."""
     import pandas as pd
 
     from jobs import evaluate as job
-    from jobs import funnel
     from jobs import precompute as pre
+    from models.gate import gate_table
 
     s = settings_mod.get()
     version = job.model_version(day, s.digest())
     sig, train, items = _signals(day, "eval", pairs, extracted, text, two_tower)
     test = pd.read_parquet(pairs["test"])
-    metrics, ranker, info = funnel.gate_table(
+    metrics, ranker, info = gate_table(
         sig, s.funnel_config(), train, test, n_catalog=int(pairs["n_items"]),
         titles=items.set_index("item_id")["title"], rules=pre.load_rules(items),
         folds=s.ranker_folds, max_users=s.gate_max_users)

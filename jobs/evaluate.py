@@ -1,7 +1,9 @@
 """Evaluate a trained model on the held-out split, against popularity, and gate it.
 
 The same functions serve the daily DAG (its gate) and ``recs evaluate`` (the benchmark
-protocol), so the figure the gate records is the figure the protocol reports.
+protocol), so the figure the gate records is the figure the protocol reports. The gate's
+table is computed by models/gate.py:gate_table; this module decides whether it passes
+(:func:`passes_gate`) and records the run in ``model_runs`` (:func:`run`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import numpy as np
 import pandas as pd
 
 from core import db
-from jobs.precompute import recommend
 from jobs.train_als import Factors
 from models import index as ann
-from models import popularity as pop
-from models.metrics import evaluate_all
+from models.metrics import evaluate_all, named
+from models.popularity import popularity_predictions
+from models.topk import recommend
 
 log = logging.getLogger("recs.evaluate")
 K = 10
@@ -37,29 +39,6 @@ def als_predictions(factors: Factors, train: pd.DataFrame, test_users: np.ndarra
     })
 
 
-def popularity_predictions(train: pd.DataFrame, test_users: np.ndarray,
-                           k: int = K) -> pd.DataFrame:
-    """Most popular training items per test user, that user's training items excluded."""
-    ranked = pop.counts(train)
-    top_items = ranked.index.to_numpy()
-    top_scores = ranked.to_numpy(dtype="float64")
-    seen = train.groupby("user_id")["item_id"].apply(set)
-    out_u, out_i, out_s = [], [], []
-    for u in test_users:
-        s = seen.get(u, set())
-        n = 0
-        for item, score in zip(top_items, top_scores, strict=True):
-            if item in s:
-                continue
-            out_u.append(u)
-            out_i.append(item)
-            out_s.append(score)
-            n += 1
-            if n == k:
-                break
-    return pd.DataFrame({"user_id": out_u, "item_id": out_i, "score": out_s})
-
-
 def compare(factors: Factors, train: pd.DataFrame, test: pd.DataFrame, n_catalog: int,
             k: int = K, exact_max: int = 50_000) -> dict[str, dict[str, float]]:
     """Metrics of ALS and of popularity on the same split and the same users.
@@ -75,14 +54,9 @@ def compare(factors: Factors, train: pd.DataFrame, test: pd.DataFrame, n_catalog
             "popularity": named(evaluate_all(truth, popular, k=k, n_catalog=n_catalog), k)}
 
 
-def named(metrics: dict[str, float], k: int) -> dict[str, float]:
-    """``ndcg@k`` -> ``ndcg@10``: the cut-off written into each key."""
-    return {key.replace("@k", f"@{k}"): round(float(v), 6) for key, v in metrics.items()}
-
-
 def gated_model(metrics: dict) -> str:
     """The key of the lists a version publishes: the gate's choice
-    (``published_model``, jobs.funnel.choose), else the full funnel, else ALS."""
+    (``published_model``, models.gate.choose), else the full funnel, else ALS."""
     if "published_model" in metrics:
         return metrics["published_model"]["name"]
     return "full_pipeline" if "full_pipeline" in metrics else "als"
@@ -118,7 +92,7 @@ def model_version(day: dt.date, digest: str) -> str:
 def run(day: dt.date, *, version: str, metrics: dict, pairs: dict, extract: dict,
         index_meta: dict, artifacts: dict, params: dict, digest: str, margin: float,
         dsn: str | None = None) -> dict:
-    """Gate ``metrics`` (jobs.funnel.evaluate_table), record the run in ``model_runs``
+    """Gate ``metrics`` (models.gate.gate_table), record the run in ``model_runs``
     and return whether it may publish."""
     metrics = {**metrics, "index": index_meta}
     gated = gated_model(metrics)

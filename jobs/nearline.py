@@ -287,11 +287,13 @@ def funnel_lists(live: LiveVersion, pairs: pd.DataFrame, user_ids: np.ndarray,
     has none: that generator then proposes nothing for them).
     """
     from core import settings as settings_mod
-    from jobs import daily, funnel
+    from jobs import daily
     from jobs.precompute import load_rules
     from jobs.train_als import Factors
+    from models.funnel import build_signals, rank_users
     from models.generators import SOURCES
     from models.ranker import load as load_ranker
+    from models.reasons import final_lists
 
     t0 = time.perf_counter()
     s = settings_mod.get()
@@ -304,20 +306,19 @@ def funnel_lists(live: LiveVersion, pairs: pd.DataFrame, user_ids: np.ndarray,
                               live.artifacts["covisit"], live.artifacts["text"])
     art.als = Factors(user_ids, vectors, art.als.item_ids, art.als.item_factors)
     prefs, countries = daily.user_context(live.artifacts.get("users"))
-    sig = funnel.build_signals(full, items, art, as_of=pd.Timestamp(as_of), config=config,
-                               users=np.asarray(user_ids), preferences=prefs,
-                               countries=countries)
+    sig = build_signals(full, items, art, as_of=pd.Timestamp(as_of), config=config,
+                        users=np.asarray(user_ids), preferences=prefs, countries=countries)
     t1 = time.perf_counter()
     rows = np.arange(sig.n_users)
     if live.model == "full_pipeline":
-        ranked = funnel.rank_users(sig, rows, config, load_ranker(live.artifacts["ranker"]))
+        ranked = rank_users(sig, rows, config, load_ranker(live.artifacts["ranker"]))
     elif live.model in SOURCES:
-        ranked = funnel.rank_users(sig, rows, config, None, by=live.model,
-                                   keep=max(config.sizes.get(live.model), top_k))
+        ranked = rank_users(sig, rows, config, None, by=live.model,
+                            keep=max(config.sizes.get(live.model), top_k))
     else:
         raise ValueError(f"{live.version}: unknown published model {live.model!r}")
-    lists = funnel.final_lists(sig, ranked, items.set_index("item_id")["title"], top_k,
-                               config=config.rerank, rules=load_rules(items))
+    lists = final_lists(sig, ranked, items.set_index("item_id")["title"], top_k,
+                        config=config.rerank, rules=load_rules(items))
     if timings is not None:
         timings["signals_seconds"] = round(t1 - t0, 3)
         timings["lists_seconds"] = round(time.perf_counter() - t1, 3)

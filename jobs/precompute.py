@@ -1,9 +1,10 @@
 """Precompute per-user top-K lists and per-item similar lists, each item with a reason.
 
 Personalized (:func:`run_funnel`, the daily DAG): the lists the gate chose, i.e. the
-funnel of jobs/funnel.py (candidates from every generator, the learned ranker, re-ranking
-with the business rules, a true reason per item) or, where one generator alone scored
-higher, that generator's lists through the same re-ranking and reasons.
+funnel (models/funnel.py: candidates from every generator, the learned ranker;
+models/reasons.py: re-ranking with the business rules, a true reason per item) or, where
+one generator alone scored higher, that generator's lists through the same re-ranking
+and reasons.
 :func:`personalized_lists` is the ALS-only path the nearline DAG uses to refresh a
 user's list between daily runs (the reason names the item of the user's history most
 similar to the pick). Similar items: cosine neighbours of each item
@@ -26,46 +27,21 @@ from jobs.build_index import load_index
 from jobs.rules import blocked_in_catalog, drop_blocked_lists
 from jobs.train_als import Factors, load_factors
 from models import index as ann
-from models.topk import because_items, top_k_excluding
+from models.funnel import rank_users
+from models.generators import SOURCES
+from models.ranker import load as load_ranker
+from models.reasons import final_lists
+from models.topk import because_items, recommend, rows_per_user
 
 log = logging.getLogger("recs.precompute")
 HISTORY_FOR_REASONS = 200
 HISTORY_TAIL = 10
 
 
-def _rows_per_user(pairs: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray,
-                   newest_first: bool = False) -> list[np.ndarray]:
-    """Item rows (positions in ``item_ids``) of each user's pairs, in ``user_ids`` order."""
-    item_pos = pd.Series(np.arange(len(item_ids)), index=item_ids)
-    frame = pairs[["user_id", "item_id", "timestamp"]].copy()
-    frame["row"] = item_pos.reindex(frame["item_id"].to_numpy()).to_numpy()
-    frame = frame.dropna(subset=["row"])
-    if newest_first:
-        frame = frame.sort_values(["user_id", "timestamp", "item_id"],
-                                  ascending=[True, False, True], kind="stable")
-    grouped = frame.groupby("user_id")["row"].apply(lambda s: s.to_numpy(dtype="int64"))
-    empty = np.empty(0, dtype="int64")
-    return [grouped.get(u, empty) for u in user_ids]
-
-
-def recommend(factors: Factors, index, consumed: pd.DataFrame, k: int,
-              users: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user_ids, item_rows (n, k), scores (n, k)) excluding each user's consumed items."""
-    if users is None:
-        user_rows = np.arange(len(factors.user_ids))
-    else:
-        pos = pd.Series(np.arange(len(factors.user_ids)), index=factors.user_ids)
-        user_rows = pos.reindex(users).dropna().to_numpy(dtype="int64")
-    user_ids = factors.user_ids[user_rows]
-    excl = _rows_per_user(consumed, user_ids, factors.item_ids)
-    rows, scores = top_k_excluding(index, factors.user_factors[user_rows], excl, k)
-    return user_ids, rows, scores
-
-
 def personalized_lists(factors: Factors, index, pairs: pd.DataFrame, titles: pd.Series,
                        k: int) -> pd.DataFrame:
     user_ids, rows, scores = recommend(factors, index, pairs, k)
-    history = _rows_per_user(pairs, user_ids, factors.item_ids, newest_first=True)
+    history = rows_per_user(pairs, user_ids, factors.item_ids, newest_first=True)
     because = because_items(factors.item_factors, rows,
                             [h[:HISTORY_FOR_REASONS] for h in history])
     item_ids = factors.item_ids
@@ -118,21 +94,17 @@ def run_funnel(day: dt.date, sig, ranker_dir: str, items: pd.DataFrame, factors_
     """Every user's list, and the similar-items lists. ``model``: the gate's choice,
     'full_pipeline' (candidates, ranker, re-ranking) or one generator's name (its own
     lists, re-ranked with the same rules); reasons either way."""
-    from jobs import funnel
-    from models.generators import SOURCES
-    from models.ranker import load as load_ranker
-
     t0 = time.perf_counter()
     titles = items.set_index("item_id")["title"]
     users = np.arange(sig.n_users)
     if model == "full_pipeline":
-        ranked = funnel.rank_users(sig, users, config, load_ranker(ranker_dir))
+        ranked = rank_users(sig, users, config, load_ranker(ranker_dir))
     elif model in SOURCES:
-        ranked = funnel.rank_users(sig, users, config, None, by=model,
+        ranked = rank_users(sig, users, config, None, by=model,
                                    keep=max(config.sizes.get(model), top_k))
     else:
         raise ValueError(f"model={model!r}: expected 'full_pipeline' or one of {SOURCES}")
-    recs = funnel.final_lists(sig, ranked, titles, top_k, config=config.rerank, rules=rules)
+    recs = final_lists(sig, ranked, titles, top_k, config=config.rerank, rules=rules)
     t1 = time.perf_counter()
     factors = load_factors(Path(factors_dir))
     sims = similar_lists(factors, load_index(Path(index_dir) / "items_cos.faiss"), titles,

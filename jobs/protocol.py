@@ -5,7 +5,7 @@ pairs exactly as in the DAG's prepare step, the pairs are split (Microsoft Recom
 stratified split, 75/25, seed 42 by default, or a global time split), every model of the
 funnel is trained on the training part with the configured parameters, and popularity,
 each generator, the ranker, the full pipeline and the published choice are scored on the
-same split by the function the DAG's gate uses (jobs.funnel.gate_table).
+same split by the function the DAG's gate uses (models.gate.gate_table).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def read_events(path: Path) -> pd.DataFrame:
 def run(path: Path, *, split: str, settings: Settings, spark=None,
         generators: bool = True) -> dict:
     """The benchmark table on one split of ``path``, computed as the daily DAG's gate
-    computes it (jobs.funnel.gate_table, with the same settings): every model fitted on
+    computes it (models.gate.gate_table, with the same settings): every model fitted on
     the training part, the ranker cross-fitted on the test users, then popularity, each
     generator, the ranker, the full pipeline and the gate's published choice scored on
     the same users. ``generators`` is kept for callers; every generator is always
@@ -59,7 +59,9 @@ def run_pairs(pairs: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame,
               spark=None, t0: float | None = None, text=None) -> dict:
     """:func:`run` on given pairs and split (``text``: a function of the items giving
     their MiniLM vectors, or None for no text)."""
-    from jobs import funnel
+    from jobs.funnel import fit_artifacts
+    from models.funnel import build_signals
+    from models.gate import gate_table
 
     t0 = time.perf_counter() if t0 is None else t0
     vectors = (items["item_id"].to_numpy(), text(items)) if text else None
@@ -70,18 +72,18 @@ def run_pairs(pairs: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame,
     timings = {}
     try:
         t = time.perf_counter()
-        art = funnel.fit_artifacts(train, items, spark=spark, settings=settings, text=vectors)
+        art = fit_artifacts(train, items, spark=spark, settings=settings, text=vectors)
         timings["fit_seconds"] = round(time.perf_counter() - t, 1)
     finally:
         if own:
             spark.stop()
-    sig = funnel.build_signals(train, items, art, as_of=train["timestamp"].max(), config=cfg)
+    sig = build_signals(train, items, art, as_of=train["timestamp"].max(), config=cfg)
     t = time.perf_counter()
-    results, _, info = funnel.gate_table(sig, cfg, train, test,
-                                         n_catalog=int(pairs["item_id"].nunique()),
-                                         titles=items.set_index("item_id")["title"],
-                                         folds=settings.ranker_folds,
-                                         max_users=settings.gate_max_users)
+    results, _, info = gate_table(sig, cfg, train, test,
+                                  n_catalog=int(pairs["item_id"].nunique()),
+                                  titles=items.set_index("item_id")["title"],
+                                  folds=settings.ranker_folds,
+                                  max_users=settings.gate_max_users)
     timings["gate_seconds"] = round(time.perf_counter() - t, 1)
     return {"dataset": dataset, "split": split, "n_pairs": len(pairs),
             "n_train": len(train), "n_test": len(test),

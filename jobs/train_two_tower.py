@@ -187,7 +187,8 @@ def evaluate_protocol(path: Path | str, config: TwoTowerConfig = TwoTowerConfig(
     from jobs import evaluate as ev
     from jobs.train_als import Factors
     from models import two_tower as tt
-    from models.metrics import evaluate_all
+    from models.metrics import evaluate_all, named
+    from models.popularity import popularity_predictions
 
     pairs, train, test, items = data if data is not None else protocol_data(path)
     items = catalog(items, pairs)
@@ -202,13 +203,13 @@ def evaluate_protocol(path: Path | str, config: TwoTowerConfig = TwoTowerConfig(
     n_catalog = int(pairs["item_id"].nunique())
     truth = test[["user_id", "item_id"]]
     two_tower = ev.als_predictions(factors, train, test_users, K)
-    popular = ev.popularity_predictions(train, test_users, K)
+    popular = popularity_predictions(train, test_users, K)
     return {"dataset": str(path), "n_train": len(train), "n_test": len(test),
             "n_users_scored": len(test_users), "config": config.to_dict(), "text": bool(text),
             "train_seconds": round(train_s, 1), "epochs": model.training_log,
             "results": {
-                "two_tower": ev.named(evaluate_all(truth, two_tower, K, n_catalog), K),
-                "popularity": ev.named(evaluate_all(truth, popular, K, n_catalog), K)}}
+                "two_tower": named(evaluate_all(truth, two_tower, K, n_catalog), K),
+                "popularity": named(evaluate_all(truth, popular, K, n_catalog), K)}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -413,3 +413,9 @@ def evaluate_all(
     if train is not None:
         out[NOVELTY_KEY] = _novelty(train, ranked, col_user, col_item)
     return out
+
+
+def named(metrics: dict[str, float], k: int) -> dict[str, float]:
+    """``ndcg@k`` -> ``ndcg@10``: the cut-off written into each key (values rounded to 6
+    places), as the gate records them."""
+    return {key.replace("@k", f"@{k}"): round(float(v), 6) for key, v in metrics.items()}

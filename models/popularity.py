@@ -1,9 +1,12 @@
-"""Popularity and trending scores (pure compute on event frames)."""
+"""Popularity and trending scores, and the popularity baseline's lists (pure compute on
+event frames)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from core.constants import DEFAULT_K
 
 HALF_LIFE_DAYS = 30.0
 
@@ -43,3 +46,26 @@ def trending(events: pd.DataFrame, as_of: pd.Timestamp, recent_days: int = 7,
     score = (r_rate - b_rate) / np.sqrt(b_rate + 1.0 / recent_days)
     score = score[score > 0]
     return score.sort_values(ascending=False, kind="stable")
+
+
+def popularity_predictions(train: pd.DataFrame, test_users: np.ndarray,
+                           k: int = DEFAULT_K) -> pd.DataFrame:
+    """Most popular training items per test user, that user's training items excluded."""
+    ranked = counts(train)
+    top_items = ranked.index.to_numpy()
+    top_scores = ranked.to_numpy(dtype="float64")
+    seen = train.groupby("user_id")["item_id"].apply(set)
+    out_u, out_i, out_s = [], [], []
+    for u in test_users:
+        s = seen.get(u, set())
+        n = 0
+        for item, score in zip(top_items, top_scores, strict=True):
+            if item in s:
+                continue
+            out_u.append(u)
+            out_i.append(item)
+            out_s.append(score)
+            n += 1
+            if n == k:
+                break
+    return pd.DataFrame({"user_id": out_u, "item_id": out_i, "score": out_s})

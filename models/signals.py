@@ -4,7 +4,7 @@ Every signal lives on one catalog (``Signals.item_ids``, rows 0..n-1) and one us
 (``Signals.user_ids``): the users' histories, item categories, popularity, trending and
 age, time-of-day profiles, onboarding preferences and countries, the trained vectors (ALS,
 two-tower, MiniLM text) and the item-item views (EASE, co-occurrence cosine,
-co-visitation). jobs/funnel.py:build_signals assembles them; models/generators.py
+co-visitation). models/funnel.py:build_signals assembles them; models/generators.py
 proposes candidates from them and models/features.py describes each candidate with them.
 """
 

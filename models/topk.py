@@ -1,7 +1,8 @@
 """Top-K retrieval with exclusion of consumed items, and reasons for each pick.
 
 Pure compute over arrays: the caller passes an index (models/index.py), user vectors and,
-per user, the item rows to exclude. The search asks for ``k + len(excluded)`` hits so
+per user, the item rows to exclude (:func:`recommend` does both from ALS factors and the
+consumed pairs). The search asks for ``k + len(excluded)`` hits so
 that exclusion never leaves a list short when enough items exist.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 from models import index as ann
 
@@ -58,3 +60,34 @@ def because_items(item_vectors: np.ndarray, rec_rows: np.ndarray,
         sims = unit[rec_rows[u][valid]] @ unit[hist].T
         out[u, valid] = hist[np.argmax(sims, axis=1)]
     return out
+
+
+def rows_per_user(pairs: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray,
+                  newest_first: bool = False) -> list[np.ndarray]:
+    """Item rows (positions in ``item_ids``) of each user's pairs, in ``user_ids`` order."""
+    item_pos = pd.Series(np.arange(len(item_ids)), index=item_ids)
+    frame = pairs[["user_id", "item_id", "timestamp"]].copy()
+    frame["row"] = item_pos.reindex(frame["item_id"].to_numpy()).to_numpy()
+    frame = frame.dropna(subset=["row"])
+    if newest_first:
+        frame = frame.sort_values(["user_id", "timestamp", "item_id"],
+                                  ascending=[True, False, True], kind="stable")
+    grouped = frame.groupby("user_id")["row"].apply(lambda s: s.to_numpy(dtype="int64"))
+    empty = np.empty(0, dtype="int64")
+    return [grouped.get(u, empty) for u in user_ids]
+
+
+def recommend(factors, index, consumed: pd.DataFrame, k: int,
+              users: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user_ids, item_rows (n, k), scores (n, k)) excluding each user's consumed items.
+    ``factors``: user_ids, user_factors, item_ids (the Factors layout of jobs/train_als.py);
+    ``index``: over its item factors."""
+    if users is None:
+        user_rows = np.arange(len(factors.user_ids))
+    else:
+        pos = pd.Series(np.arange(len(factors.user_ids)), index=factors.user_ids)
+        user_rows = pos.reindex(users).dropna().to_numpy(dtype="int64")
+    user_ids = factors.user_ids[user_rows]
+    excl = rows_per_user(consumed, user_ids, factors.item_ids)
+    rows, scores = top_k_excluding(index, factors.user_factors[user_rows], excl, k)
+    return user_ids, rows, scores

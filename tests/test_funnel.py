@@ -1,6 +1,6 @@
 """The funnel on a small hand-built world: generators, features, the ranker, reasons and
-cold start (models/signals.py, models/generators.py, models/features.py, models/ranker.py,
-jobs/funnel.py).
+cold start (models/signals.py, models/generators.py, models/features.py, models/funnel.py,
+models/ranker.py, models/reasons.py, models/gate.py).
 
 Every expected value is recomputed here from the raw inputs (the artefacts' vectors by
 id, the pairs, the co-visitation rows), not read back from the Signals under test; the one
@@ -15,11 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs import funnel as fn
 from jobs.train_als import Factors
 from models import features as ft
+from models import funnel as fn
 from models import generators as gn
 from models import ranker as rk
+from models.gate import choose
+from models.reasons import final_lists
 from models.rerank import RerankConfig
 from models.signals import Signals
 
@@ -511,15 +513,15 @@ def _m(ndcg: float) -> dict[str, float]:
 def test_choose_publishes_the_best_of_the_pipeline_and_the_reranked_generators():
     metrics = {"popularity": _m(0.1), "als": _m(0.5), "ranker": _m(0.05),
                "full_pipeline": _m(0.07), "reranked": {"als": _m(0.3), "ease": _m(0.31)}}
-    pick = fn.choose(metrics)
+    pick = choose(metrics)
     assert pick["name"] == "ease" and pick["ndcg@10"] == 0.31
     assert pick["precision@10"] == 0.155 and "full pipeline" in pick["reason"]
     assert pick["options"] == {"full_pipeline": 0.07, "als": 0.3, "ease": 0.31}
     # A tie goes to the full pipeline; the generators' raw rows are never published.
     metrics["full_pipeline"] = _m(0.31)
-    assert fn.choose(metrics)["name"] == "full_pipeline"
+    assert choose(metrics)["name"] == "full_pipeline"
     with pytest.raises(ValueError, match="nothing to choose"):
-        fn.choose({"popularity": _m(0.1), "reranked": {}})
+        choose({"popularity": _m(0.1), "reranked": {}})
 
 
 # --- Final lists and their reasons -------------------------------------------------------
@@ -547,7 +549,7 @@ def lists(world) -> pd.DataFrame:
                        np.zeros(len(names)), np.ones(len(names)))  # untrained: any order
     users = np.arange(sig.n_users)
     ranked = fn.rank_users(sig, users, config, ranker, keep=60)
-    return fn.final_lists(sig, ranked, world.titles, 10,
+    return final_lists(sig, ranked, world.titles, 10,
                           config=RerankConfig(diversity=0.0, max_run=2))
 
 

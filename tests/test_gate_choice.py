@@ -23,9 +23,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def broken_run(dsn, tmp_path, monkeypatch):
-    from jobs import funnel as fn
     from jobs.ingest.load import load_synthetic
     from jobs.ingest.synthetic import SyntheticConfig
+    from models import gate
 
     for key, value in {"RECS_DATABASE_URL": dsn, "RECS_HOME": str(tmp_path / "home"),
                        "RECS_ALS_RANK": "8", "RECS_ALS_REG": "0.1", "RECS_TOP_K": "20",
@@ -33,13 +33,13 @@ def broken_run(dsn, tmp_path, monkeypatch):
                        "RECS_RANKER_EPOCHS": "3"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(settings_mod, "_cached", None)
-    real = fn.crossfit_ranker
+    real = gate.crossfit_ranker
 
     def broken(pool, y, config, folds, **kw):
         ranker, _, info = real(pool, y, config, folds, **kw)
         return ranker, pool.cand.item.astype("float32"), info  # by item row, i.e. id
 
-    monkeypatch.setattr(fn, "crossfit_ranker", broken)
+    monkeypatch.setattr(gate, "crossfit_ranker", broken)  # the name gate_table calls
     load_synthetic(SyntheticConfig(n_users=150, n_items=90, n_events=7000, n_days=20),
                    dsn=dsn)
     yield {**daily_steps(DAY), "dsn": dsn}

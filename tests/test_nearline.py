@@ -231,10 +231,12 @@ def _reason_ids(dsn, version, user) -> list:
 
 def daily_list_for(live, pairs, user, vector, as_of) -> list[int]:
     """One user's list as jobs/precompute.py:run_funnel builds it, on the given data."""
-    from jobs import daily, funnel
+    from jobs import daily
     from jobs.precompute import load_rules
     from jobs.train_als import Factors
+    from models.funnel import build_signals, rank_users
     from models.ranker import load as load_ranker
+    from models.reasons import final_lists
 
     s = settings_mod.get()
     cfg = s.funnel_config()
@@ -249,16 +251,15 @@ def daily_list_for(live, pairs, user, vector, as_of) -> list[int]:
     art.als = Factors(np.array([user]), vector[None, :].astype("float32"),
                       art.als.item_ids, art.als.item_factors)
     prefs, countries = daily.user_context(arts.get("users"))
-    sig = funnel.build_signals(full, items, art, as_of=pd.Timestamp(as_of), config=cfg,
-                               users=np.array([user]), preferences=prefs,
-                               countries=countries)
+    sig = build_signals(full, items, art, as_of=pd.Timestamp(as_of), config=cfg,
+                        users=np.array([user]), preferences=prefs, countries=countries)
     if model == "full_pipeline":
-        ranked = funnel.rank_users(sig, np.arange(1), cfg, load_ranker(arts["ranker"]))
+        ranked = rank_users(sig, np.arange(1), cfg, load_ranker(arts["ranker"]))
     else:
-        ranked = funnel.rank_users(sig, np.arange(1), cfg, None, by=model,
-                                   keep=max(cfg.sizes.get(model), s.top_k))
-    lists = funnel.final_lists(sig, ranked, items.set_index("item_id")["title"], s.top_k,
-                               config=cfg.rerank, rules=load_rules(items))
+        ranked = rank_users(sig, np.arange(1), cfg, None, by=model,
+                            keep=max(cfg.sizes.get(model), s.top_k))
+    lists = final_lists(sig, ranked, items.set_index("item_id")["title"], s.top_k,
+                        config=cfg.rerank, rules=load_rules(items))
     return [int(i) for i in lists["items"].iloc[0]]
 
 
