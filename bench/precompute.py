@@ -55,6 +55,7 @@ CODE = ("models/funnel.py", "models/signals.py", "models/generators.py", "models
 
 def setup(path: Path, settings: settings_mod.Settings, *, refit: bool = False) -> dict:
     """Signals, ranker, titles and config for ``path`` (the untimed part)."""
+    from jobs.configs import funnel_config
     from jobs.funnel import fit_artifacts
     from jobs.train_als import spark_session
     from jobs.train_two_tower import catalog, protocol_data, text_matrix
@@ -68,7 +69,7 @@ def setup(path: Path, settings: settings_mod.Settings, *, refit: bool = False) -
     text = (items["item_id"].to_numpy(), text_matrix(items)) if settings.two_tower_text \
         else None
     timings["data_seconds"] = round(time.perf_counter() - t, 1)
-    cfg = settings.funnel_config()
+    cfg = funnel_config(settings)
     part, labels = train, test
     spark = spark_session("local[2]", app="recs-bench-precompute",
                           driver_memory=settings.spark_driver_memory)

@@ -301,6 +301,7 @@ def _run_through_airflow(s, day: dt.date, started: dt.datetime) -> dict:
     from cli.airflow_env import metadata_url
     from cli.progress import RunWatcher
     from core.db import libpq_dsn
+    from jobs.configs import digest
     from jobs.evaluate import model_version
 
     airflow_db_ready(s)
@@ -317,7 +318,7 @@ def _run_through_airflow(s, day: dt.date, started: dt.datetime) -> dict:
         failure = f"`airflow {' '.join(argv)}` {how}"
         if watcher.tracker.failed():
             failure += f" (failed tasks: {', '.join(watcher.tracker.failed())})"
-    return {"version": model_version(day, s.digest()), "failure": failure}
+    return {"version": model_version(day, digest(s)), "failure": failure}
 
 
 def _model_run(s, version: str) -> dict:

@@ -2,14 +2,13 @@
 
 Every field below can be set as ``RECS_<FIELD NAME IN CAPITALS>``. A bad value fails
 at load time with :class:`SettingsError` naming the variable, so a misconfigured job
-or server stops before it does any work.
+or server stops before it does any work. Plain values only: the models' configurations
+built from them, and the config digest that names a model version, are in jobs/configs.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -158,57 +157,8 @@ class Settings:
         passfile = quote(str(self.pg_dir / "pgpass"), safe="/")
         return f"postgresql://{role}@127.0.0.1:{self.pg_port}/{dbname}?passfile={passfile}"
 
-    def model_params(self) -> dict[str, Any]:
-        """Parameters that shape a model version (hashed into its config digest)."""
-        keys = ("top_k", "similar_k", "trending_k", "trending_days", "window_days", "seed",
-                "als_rank", "als_reg", "als_alpha", "als_iters", "exact_index_max_items",
-                "holdout_fraction", "gate_margin", "two_tower_epochs", "two_tower_text",
-                "covisit_window", "covisit_top", "covisit_min_count", "ease_lambda",
-                "ease_max_items", "ranker_epochs", "ranker_folds", "gate_max_users",
-                "rerank_diversity", "rerank_freshness", "rerank_max_run",
-                "rerank_popularity_penalty")
-        out: dict[str, Any] = {k: getattr(self, k) for k in keys}
-        # The models' own configurations, whole: a change of any of them (a two-tower
-        # dimension, a ranker layer, a pool size) is a new model version.
-        funnel = self.funnel_config()
-        out["two_tower"] = _plain(dataclasses.asdict(self.two_tower_config()))
-        out["ranker"] = _plain(dataclasses.asdict(funnel.ranker))
-        out["pools"] = dataclasses.asdict(funnel.sizes)
-        out["rerank"] = dataclasses.asdict(funnel.rerank)
-        return out
-
-    def two_tower_config(self):
-        from models.two_tower import TwoTowerConfig
-
-        cfg = TwoTowerConfig(seed=self.seed)
-        return cfg if not self.two_tower_epochs else \
-            dataclasses.replace(cfg, epochs=self.two_tower_epochs)
-
-    def funnel_config(self):
-        from models.funnel import FunnelConfig
-        from models.ranker import RankerConfig
-        from models.rerank import RerankConfig
-
-        return FunnelConfig(
-            ease_lambda=self.ease_lambda, ease_max_items=self.ease_max_items,
-            new_days=float(self.new_item_days),
-            ranker=RankerConfig(epochs=self.ranker_epochs, seed=self.seed),
-            rerank=RerankConfig(diversity=self.rerank_diversity,
-                                freshness_weight=self.rerank_freshness,
-                                max_run=self.rerank_max_run,
-                                popularity_penalty=self.rerank_popularity_penalty))
-
-    def digest(self) -> str:
-        blob = json.dumps(self.model_params(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
-
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
-
-
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    """Tuples as lists, so that the parameters read back from JSON compare equal."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 _RANGES: dict[str, tuple[float, float]] = {

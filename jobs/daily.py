@@ -117,8 +117,10 @@ def train_two_tower(day: dt.date, pairs: dict, extracted: dict, text: dict) -> d
     import subprocess
     import tempfile
 
+    from jobs.configs import two_tower_config
+
     s = settings_mod.get()
-    config = json.dumps(dataclasses.asdict(s.two_tower_config()))
+    config = json.dumps(dataclasses.asdict(two_tower_config(s)))
     procs = {}
     with tempfile.TemporaryDirectory(prefix="recs-two-tower-") as tmp:
         for name, part in FITS.items():
@@ -181,6 +183,7 @@ def _signals(day: dt.date, fit: str, pairs: dict, extracted: dict, text: dict,
     """The funnel's signals from one fit's artefacts (``fit``: full or eval)."""
     import pandas as pd
 
+    from jobs.configs import funnel_config
     from models.funnel import build_signals
 
     s = settings_mod.get()
@@ -190,7 +193,7 @@ def _signals(day: dt.date, fit: str, pairs: dict, extracted: dict, text: dict,
                         text["store"])
     prefs, countries = user_context(extracted.get("users"))
     as_of = pd.Timestamp(extracted["data_end"])
-    return build_signals(train, items, art, as_of=as_of, config=s.funnel_config(),
+    return build_signals(train, items, art, as_of=as_of, config=funnel_config(s),
                          preferences=prefs, countries=countries), train, items
 
 
@@ -221,20 +224,21 @@ def evaluate(day: dt.date, pairs: dict, extracted: dict, index: dict, stats: dic
 
     from jobs import evaluate as job
     from jobs import precompute as pre
+    from jobs.configs import digest, funnel_config, model_params
     from models.gate import gate_table
 
     s = settings_mod.get()
-    version = job.model_version(day, s.digest())
+    version = job.model_version(day, digest(s))
     sig, train, items = _signals(day, "eval", pairs, extracted, text, two_tower)
     test = pd.read_parquet(pairs["test"])
     metrics, ranker, info = gate_table(
-        sig, s.funnel_config(), train, test, n_catalog=int(pairs["n_items"]),
+        sig, funnel_config(s), train, test, n_catalog=int(pairs["n_items"]),
         titles=items.set_index("item_id")["title"], rules=pre.load_rules(items),
         folds=s.ranker_folds, max_users=s.gate_max_users)
     ranker_dir = lake.partition("ranker", day)
     with lake.atomic_dir(ranker_dir) as tmp:
         ranker.save(tmp)
-    base = s.funnel_config().ranker  # each fold's chosen capacity: fold_training[].hidden
+    base = funnel_config(s).ranker  # each fold's chosen capacity: fold_training[].hidden
     metrics["ranker_training"] = {**info, "features": ranker.names,
                                   "params": {**dataclasses.asdict(base),
                                              "hidden": list(base.hidden)}}
@@ -246,7 +250,7 @@ def evaluate(day: dt.date, pairs: dict, extracted: dict, index: dict, stats: dic
                  "items": extracted["items"], "users": extracted.get("users")}
     result = job.run(day, version=version, metrics=metrics, pairs=pairs,
                      extract=extracted, index_meta=index["meta"], artifacts=artifacts,
-                     params=s.model_params(), digest=s.digest(), margin=s.gate_margin)
+                     params=model_params(s), digest=digest(s), margin=s.gate_margin)
     return {**result, "ranker_dir": str(ranker_dir)}
 
 
@@ -255,12 +259,13 @@ def precompute(day: dt.date, pairs: dict, extracted: dict, index: dict, text: di
     """The chosen lists (``result['model']``: the full pipeline or one generator) for
     every user, from the ``full`` fit, re-ranked with the rules, with reasons."""
     from jobs import precompute as job
+    from jobs.configs import funnel_config
 
     s = settings_mod.get()
     sig, _, items = _signals(day, "full", pairs, extracted, text, two_tower)
     return job.run_funnel(day, sig, result["ranker_dir"], items,
                           str(Path(pairs["als_dir"]) / "full"), index["dir"],
-                          top_k=s.top_k, similar_k=s.similar_k, config=s.funnel_config(),
+                          top_k=s.top_k, similar_k=s.similar_k, config=funnel_config(s),
                           rules=job.load_rules(items), model=result["model"])
 
 

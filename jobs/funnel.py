@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from jobs.configs import two_tower_config
 from models.funnel import Artifacts
 from models.signals import align_rows
 
@@ -57,7 +58,7 @@ def fit_artifacts(pairs: pd.DataFrame, items: pd.DataFrame, *, spark, settings,
     vectors = None
     if text is not None:
         vectors = align_rows(text[0], text[1], cat["item_id"].to_numpy())
-    model, item_feats, user_feats = tt.fit(pairs, cat, settings.two_tower_config(),
+    model, item_feats, user_feats = tt.fit(pairs, cat, two_tower_config(settings),
                                            text=vectors)
     two_tower = train_als.Factors(user_feats.user_ids, model.user_vectors(user_feats),
                                   item_feats.item_ids, model.item_vectors(item_feats))

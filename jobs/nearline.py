@@ -288,6 +288,7 @@ def funnel_lists(live: LiveVersion, pairs: pd.DataFrame, user_ids: np.ndarray,
     """
     from core import settings as settings_mod
     from jobs import daily
+    from jobs.configs import funnel_config
     from jobs.precompute import load_rules
     from jobs.train_als import Factors
     from models.funnel import build_signals, rank_users
@@ -297,7 +298,7 @@ def funnel_lists(live: LiveVersion, pairs: pd.DataFrame, user_ids: np.ndarray,
 
     t0 = time.perf_counter()
     s = settings_mod.get()
-    config = s.funnel_config()
+    config = funnel_config(s)
     full = pd.read_parquet(live.artifacts["pairs"])
     full = pd.concat([full[~full["user_id"].isin(pairs["user_id"].unique())], pairs],
                      ignore_index=True)

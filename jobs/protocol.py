@@ -59,13 +59,14 @@ def run_pairs(pairs: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame,
               spark=None, t0: float | None = None, text=None) -> dict:
     """:func:`run` on given pairs and split (``text``: a function of the items giving
     their MiniLM vectors, or None for no text)."""
+    from jobs.configs import funnel_config
     from jobs.funnel import fit_artifacts
     from models.funnel import build_signals
     from models.gate import gate_table
 
     t0 = time.perf_counter() if t0 is None else t0
     vectors = (items["item_id"].to_numpy(), text(items)) if text else None
-    cfg = settings.funnel_config()
+    cfg = funnel_config(settings)
     own = spark is None
     spark = spark or spark_session(settings.spark_master, app="recs-evaluate",
                                    driver_memory=settings.spark_driver_memory)
@@ -99,8 +100,10 @@ def run_pairs(pairs: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame,
 def changed_settings(settings: Settings) -> dict:
     """The model parameters that differ from the shipped defaults (printed in the
     report: a figure obtained with any of them is not the default's)."""
-    default = Settings().model_params()
-    return {k: v for k, v in settings.model_params().items() if default.get(k) != v}
+    from jobs.configs import model_params
+
+    default = model_params(Settings())
+    return {k: v for k, v in model_params(settings).items() if default.get(k) != v}
 
 
 def report_table(table: dict) -> dict:

@@ -232,6 +232,7 @@ def _reason_ids(dsn, version, user) -> list:
 def daily_list_for(live, pairs, user, vector, as_of) -> list[int]:
     """One user's list as jobs/precompute.py:run_funnel builds it, on the given data."""
     from jobs import daily
+    from jobs.configs import funnel_config
     from jobs.precompute import load_rules
     from jobs.train_als import Factors
     from models.funnel import build_signals, rank_users
@@ -239,7 +240,7 @@ def daily_list_for(live, pairs, user, vector, as_of) -> list[int]:
     from models.reasons import final_lists
 
     s = settings_mod.get()
-    cfg = s.funnel_config()
+    cfg = funnel_config(s)
     version = live["version"]
     (arts, model), = sql(live["dsn"], "SELECT artifacts, metrics->'published_model'->>'name' "
                                       "FROM model_runs WHERE model_version = %s", (version,))
