@@ -5,7 +5,7 @@
                                          [--data-seed 42]
 
 Every dataset is scored by ``jobs.protocol.run_pairs``, which calls what the daily DAG's
-``evaluate`` task calls (``jobs.funnel.gate_table``) with the settings of this process
+``evaluate`` task calls (``models.gate.gate_table``) with the settings of this process
 (``RECS_*``; the defaults unless you set some, and any change is printed): every model
 fitted on the training part, the ranker cross-fitted on the held-out users, each
 generator alone, the ranker, the full pipeline, popularity and the gate's published

@@ -3,7 +3,7 @@
 Writes ``pairs/dt=<date>/{full,train,test}.parquet``. ``full`` trains the published
 models; ``train``/``test`` are the evaluation split (the Microsoft Recommenders protocol:
 stratified by item, seeded), so the gate and ``recs evaluate`` measure the same thing.
-The learned ranker is cross-fitted on the test users' candidates (jobs/funnel.py), each
+The learned ranker is cross-fitted on the test users' candidates (models/funnel.py), each
 user scored by a ranker that never saw that user's test pairs.
 """
 
