@@ -21,6 +21,7 @@ NEAREST = ("itemknn", "ease", "covisit", "text", "als")  # item-item views of ne
 
 
 def feature_names() -> list[str]:
+    """The columns of :func:`features`, in order."""
     names = []
     for s in SOURCES:
         names += [f"{s}_score", f"{s}_z", f"{s}_pct", f"{s}_rank"]

@@ -59,6 +59,9 @@ class Artifacts:
 
 @dataclass(frozen=True)
 class FunnelConfig:
+    """The funnel's knobs: pool sizes, EASE, the 'new' window, the ranker, the re-ranking
+    (jobs/configs.py:funnel_config builds it from the settings)."""
+
     sizes: PoolSizes = PoolSizes()
     ease_lambda: float = 200.0
     ease_max_items: int = 20_000
@@ -69,6 +72,7 @@ class FunnelConfig:
 
 
 def catalog_ids(pairs: pd.DataFrame, items: pd.DataFrame | None) -> np.ndarray:
+    """Item ids of ``pairs`` and of the items snapshot, sorted, each once."""
     ids = pairs["item_id"].to_numpy("int64")
     if items is not None:
         ids = np.concatenate([ids, items["item_id"].to_numpy("int64")])
@@ -360,4 +364,6 @@ def best_lists(cand: Candidates, s: np.ndarray, n_users: int, keep: int,
 
 
 def pool_widths(sizes: PoolSizes) -> np.ndarray:
+    """Each generator's pool size (at least 1), in :data:`SOURCES` order: the scale of its
+    ranks when :func:`best_lists` picks an item's best-placed generator."""
     return np.maximum(np.array([sizes.get(n) for n in SOURCES]), 1)
