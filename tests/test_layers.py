@@ -1,7 +1,7 @@
 """The layers, checked on the source: ``core/`` at the bottom imports nothing of ours above
 it; ``models/`` is pure compute (no jobs, no serving, no I/O modules), so the same function
 runs in a test, in process, in a Spark partition and in nearline; the funnel's jobs
-(signals and gate, precompute, evaluate, configs) do not import each other in a circle.
+(jobs/funnel, evaluate, precompute, configs) are on no import circle among jobs/ modules.
 
 Every import counts, at module level or inside a function (a lazy import is still a
 dependency). ``from models import funnel`` is read as an import of ``models.funnel``.
@@ -36,6 +36,7 @@ def imports(path: Path) -> list[tuple[int, str]]:
 
 
 def parse_imports(source: str, package: list[str]) -> list[tuple[int, str]]:
+    """(line, dotted module) of every import in ``source``, a module of ``package``."""
     out = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
