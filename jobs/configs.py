@@ -41,7 +41,7 @@ def funnel_config(s: Settings) -> FunnelConfig:
     """The funnel's configuration: EASE, the 'new' window, the ranker, the re-ranking."""
     return FunnelConfig(
         ease_lambda=s.ease_lambda, ease_max_items=s.ease_max_items,
-        new_days=float(s.new_item_days),
+        new_days=float(s.new_item_days), exact_max=s.exact_index_max_items,
         ranker=RankerConfig(epochs=s.ranker_epochs, seed=s.seed),
         rerank=RerankConfig(diversity=s.rerank_diversity,
                             freshness_weight=s.rerank_freshness,

@@ -66,6 +66,7 @@ class FunnelConfig:
     ease_lambda: float = 200.0
     ease_max_items: int = 20_000
     new_days: float = 14.0
+    exact_max: int = 50_000  # the vector generators' indices: exact up to this, then HNSW
     ranker: rk.RankerConfig = rk.RankerConfig()
     rerank: RerankConfig = RerankConfig(diversity=0.0, freshness_weight=0.0, max_run=2,
                                         popularity_penalty=0.1)
@@ -121,7 +122,7 @@ def build_signals(pairs: pd.DataFrame, items: pd.DataFrame | None, art: Artifact
         user_ids=users, item_ids=item_ids, history=hist, history_weight=weight,
         category=code.astype("int64"), category_names=names,
         popularity=counts.to_numpy("float32"), trending=trending.astype("float32"),
-        age_days=np.maximum(age, 0.0), new_days=config.new_days,
+        age_days=np.maximum(age, 0.0), new_days=config.new_days, exact_max=config.exact_max,
         item_hours=hour_profile(item_row, pairs["timestamp"], len(item_ids)),
         user_hours=hour_profile(user_row, pairs["timestamp"], len(users)),
         preferences=prefs)

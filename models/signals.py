@@ -52,6 +52,8 @@ class Signals:
     country_names: tuple[str, ...] = ()
     country_popularity: np.ndarray | None = None  # (n_countries, n_items), max 1 per row
     new_days: float = 14.0
+    exact_max: int = 50_000  # vector indices are exact up to this many items, HNSW above
+    retrieval: object | None = None  # models.generators.ItemSide, built on first use
 
     @property
     def n_users(self) -> int:
