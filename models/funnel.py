@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,7 @@ from models.features import feature_names, features
 from models.generators import SOURCES, Candidates, PoolSizes, generate
 from models.rerank import RerankConfig
 from models.signals import (
+    HOUR_BUCKETS,
     Signals,
     align_rows,
     covisit_matrix,
@@ -80,19 +81,14 @@ def catalog_ids(pairs: pd.DataFrame, items: pd.DataFrame | None) -> np.ndarray:
     return np.unique(ids)
 
 
-def build_signals(pairs: pd.DataFrame, items: pd.DataFrame | None, art: Artifacts, *,
-                  as_of: pd.Timestamp, config: FunnelConfig = FunnelConfig(),
-                  users: np.ndarray | None = None,
-                  preferences: dict[int, list[str]] | None = None,
-                  countries: pd.Series | None = None) -> Signals:
-    """Signals over the catalog (paired items and the items snapshot) for ``users``
-    (default: every user of ``pairs``, plus those with onboarding ``preferences``).
-    ``countries``: country code by user id (the ``country`` generator)."""
+def item_signals(pairs: pd.DataFrame, items: pd.DataFrame | None, art: Artifacts, *,
+                 as_of: pd.Timestamp, config: FunnelConfig = FunnelConfig(),
+                 countries: pd.Series | None = None) -> Signals:
+    """The catalog side of the signals (paired items and the items snapshot), from every
+    pair: categories, popularity, trending, age, time-of-day profiles, popularity per
+    country (``countries``: country code by user id), item vectors and the item-item
+    views. Its user side is empty: :func:`with_users` adds one."""
     item_ids = catalog_ids(pairs, items)
-    if users is None:
-        users = np.unique(np.concatenate([pairs["user_id"].to_numpy("int64"),
-                                          np.fromiter((preferences or {}).keys(), "int64")]))
-    hist, weight = histories(pairs, users, item_ids)
     cats = pd.Series(index=item_ids, dtype="object")
     if items is not None and "category" in items:
         cats = items.drop_duplicates("item_id").set_index("item_id")["category"] \
@@ -111,26 +107,17 @@ def build_signals(pairs: pd.DataFrame, items: pd.DataFrame | None, art: Artifact
         first = first.fillna(created)
     age = ((as_of - first).dt.total_seconds() / 86_400.0).fillna(0.0).to_numpy("float32")
     item_row = pd.Index(item_ids).get_indexer(pairs["item_id"].to_numpy())
-    user_row = pd.Index(users).get_indexer(pairs["user_id"].to_numpy())
-    prefs = {}
-    for uid, wanted in (preferences or {}).items():
-        r = pd.Index(users).get_indexer([uid])[0]
-        c = pd.Index(names).get_indexer(list(wanted))
-        if r >= 0 and (c >= 0).any():
-            prefs[int(r)] = c[c >= 0]
+    no_users = np.empty(0, "int64")
     sig = Signals(
-        user_ids=users, item_ids=item_ids, history=hist, history_weight=weight,
+        user_ids=no_users, item_ids=item_ids, history=[], history_weight=[],
         category=code.astype("int64"), category_names=names,
         popularity=counts.to_numpy("float32"), trending=trending.astype("float32"),
         age_days=np.maximum(age, 0.0), new_days=config.new_days, exact_max=config.exact_max,
         item_hours=hour_profile(item_row, pairs["timestamp"], len(item_ids)),
-        user_hours=hour_profile(user_row, pairs["timestamp"], len(users)),
-        preferences=prefs)
+        user_hours=np.zeros((0, HOUR_BUCKETS), "float32"))
     if countries is not None and countries.notna().any():
         country = countries.dropna().astype(str)
         sig.country_names = tuple(sorted(country.unique()))
-        sig.user_country = pd.Index(sig.country_names).get_indexer(
-            country.reindex(users).to_numpy())
         per = np.zeros((len(sig.country_names), len(item_ids)), "float32")
         c_of_pair = pd.Index(sig.country_names).get_indexer(
             country.reindex(pairs["user_id"].to_numpy()).to_numpy())
@@ -138,21 +125,75 @@ def build_signals(pairs: pd.DataFrame, items: pd.DataFrame | None, art: Artifact
         np.add.at(per, (c_of_pair[ok], item_row[ok]), 1.0)
         sig.country_popularity = per / np.maximum(per.max(1, keepdims=True), 1.0)
     if art.als is not None:
-        sig.als_users = align_rows(art.als.user_ids, art.als.user_factors, users)
         sig.als_items = align_rows(art.als.item_ids, art.als.item_factors, item_ids)
     if art.two_tower is not None:
-        sig.tt_users = align_rows(art.two_tower.user_ids, art.two_tower.user_factors,
-                                     users)
         sig.tt_items = align_rows(art.two_tower.item_ids, art.two_tower.item_factors,
-                                     item_ids)
+                                  item_ids)
     if art.text is not None:
         sig.text = unit_rows(align_rows(art.text_ids, art.text, item_ids))
     if art.covisit is not None:
         sig.covisit = covisit_matrix(art.covisit, item_ids)
     if config.ease_max_items > 0:
         sig.ease, sig.itemknn = item_item(pairs, item_ids, config.ease_lambda,
-                                             config.ease_max_items)
+                                          config.ease_max_items)
     return sig
+
+
+def with_users(catalog: Signals, pairs: pd.DataFrame, users: np.ndarray, *,
+               art: Artifacts = Artifacts(),
+               preferences: dict[int, list[str]] | None = None,
+               countries: pd.Series | None = None) -> Signals:
+    """``catalog`` (from :func:`item_signals`) with the user side of ``users``: their
+    histories and time-of-day profiles from ``pairs`` (only the pairs of ``users`` are
+    read), onboarding ``preferences``, countries and user vectors. The catalog's arrays
+    and its retrieval structures are shared, not copied, so that one catalog serves many
+    batches of users (a Spark executor's partitions)."""
+    users = np.asarray(users, "int64")
+    mine = pairs[pairs["user_id"].isin(users)]
+    hist, weight = histories(mine, users, catalog.item_ids)
+    user_row = pd.Index(users).get_indexer(mine["user_id"].to_numpy())
+    prefs = {}
+    for uid, wanted in (preferences or {}).items():
+        r = pd.Index(users).get_indexer([uid])[0]
+        c = pd.Index(catalog.category_names).get_indexer(list(wanted))
+        if r >= 0 and (c >= 0).any():
+            prefs[int(r)] = c[c >= 0]
+    sig = replace(catalog, user_ids=users, history=hist, history_weight=weight,
+                  user_hours=hour_profile(user_row, mine["timestamp"], len(users)),
+                  preferences=prefs, user_country=None, als_users=None, tt_users=None)
+    if catalog.country_names and countries is not None:
+        sig.user_country = pd.Index(catalog.country_names).get_indexer(
+            countries.dropna().astype(str).reindex(users).to_numpy())
+    if art.als is not None and catalog.als_items is not None:
+        sig.als_users = align_rows(art.als.user_ids, art.als.user_factors, users)
+    if art.two_tower is not None and catalog.tt_items is not None:
+        sig.tt_users = align_rows(art.two_tower.user_ids, art.two_tower.user_factors,
+                                  users)
+    return sig
+
+
+def funnel_users(pairs: pd.DataFrame, preferences: dict[int, list[str]] | None = None
+                 ) -> np.ndarray:
+    """The users the funnel serves: every user of ``pairs`` and every user with
+    onboarding ``preferences``, sorted."""
+    return np.unique(np.concatenate([pairs["user_id"].to_numpy("int64"),
+                                     np.fromiter((preferences or {}).keys(), "int64")]))
+
+
+def build_signals(pairs: pd.DataFrame, items: pd.DataFrame | None, art: Artifacts, *,
+                  as_of: pd.Timestamp, config: FunnelConfig = FunnelConfig(),
+                  users: np.ndarray | None = None,
+                  preferences: dict[int, list[str]] | None = None,
+                  countries: pd.Series | None = None) -> Signals:
+    """Signals over the catalog (paired items and the items snapshot) for ``users``
+    (default: :func:`funnel_users`). ``countries``: country code by user id (the
+    ``country`` generator). :func:`item_signals` then :func:`with_users`."""
+    catalog = item_signals(pairs, items, art, as_of=as_of, config=config,
+                           countries=countries)
+    if users is None:
+        users = funnel_users(pairs, preferences)
+    return with_users(catalog, pairs, users, art=art, preferences=preferences,
+                      countries=countries)
 
 
 # --- Candidates, features and the ranker ------------------------------------------------
