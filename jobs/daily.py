@@ -257,16 +257,32 @@ def evaluate(day: dt.date, pairs: dict, extracted: dict, index: dict, stats: dic
 def precompute(day: dt.date, pairs: dict, extracted: dict, index: dict, text: dict,
                two_tower: dict, result: dict) -> dict:
     """The chosen lists (``result['model']``: the full pipeline or one generator) for
-    every user, from the ``full`` fit, re-ranked with the rules, with reasons."""
+    every user, from the ``full`` fit, re-ranked with the rules, with reasons: the
+    catalog's signals here, the users' lists in Spark (jobs/spark_funnel.py)."""
+    import pandas as pd
+
     from jobs import precompute as job
     from jobs.configs import funnel_config
+    from models.funnel import item_signals
 
     s = settings_mod.get()
-    sig, _, items = _signals(day, "full", pairs, extracted, text, two_tower)
-    return job.run_funnel(day, sig, result["ranker_dir"], items,
-                          str(Path(pairs["als_dir"]) / "full"), index["dir"],
-                          top_k=s.top_k, similar_k=s.similar_k, config=funnel_config(s),
-                          rules=job.load_rules(items), model=result["model"])
+    train = pd.read_parquet(pairs[FITS["full"]])
+    items = pd.read_parquet(extracted["items"])
+    art = fit_artifacts("full", pairs["als_dir"], two_tower["dir"], pairs["covisit_dir"],
+                        text["store"])
+    _, countries = user_context(extracted.get("users"))
+    catalog = item_signals(train, items, art, as_of=pd.Timestamp(extracted["data_end"]),
+                           config=funnel_config(s), countries=countries)
+    inputs = {"pairs": pairs[FITS["full"]], "users": extracted.get("users"),
+              "als": str(Path(pairs["als_dir"]) / "full"),
+              "two_tower": str(Path(two_tower["dir"]) / "full"), "items": extracted["items"]}
+    return job.run_funnel(day, catalog, inputs=inputs, items=items,
+                          ranker_dir=result["ranker_dir"],
+                          factors_dir=str(Path(pairs["als_dir"]) / "full"),
+                          index_dir=index["dir"], top_k=s.top_k, similar_k=s.similar_k,
+                          config=funnel_config(s), rules=job.load_rules(items),
+                          model=result["model"], master=s.spark_master,
+                          driver_memory=s.spark_driver_memory)
 
 
 def publish(result: dict, pairs: dict, lists: dict, stats: dict) -> dict:

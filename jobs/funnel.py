@@ -25,11 +25,15 @@ log = logging.getLogger("recs.funnel")
 
 
 def read_preferences(users_path: str | None) -> dict[int, list[str]]:
-    """Onboarding categories per user from the users snapshot's ``preferences`` JSON
-    (``{"categories": ["Comedy", ...]}``); users without any are left out."""
+    """Onboarding categories per user from the users snapshot (:func:`preferences_of`)."""
     if not users_path:
         return {}
-    users = pd.read_parquet(users_path)
+    return preferences_of(pd.read_parquet(users_path))
+
+
+def preferences_of(users: pd.DataFrame) -> dict[int, list[str]]:
+    """Onboarding categories per user from a users frame's ``preferences`` JSON
+    (``{"categories": ["Comedy", ...]}``); users without any are left out."""
     if "preferences" not in users:
         return {}
     out = {}

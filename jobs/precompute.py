@@ -8,8 +8,8 @@ and reasons.
 :func:`personalized_lists` is the ALS-only path the nearline DAG uses to refresh a
 user's list between daily runs (the reason names the item of the user's history most
 similar to the pick). Similar items: cosine neighbours of each item
-in ALS space ("Similar to <title>"). Output:
-``lists/dt=<date>/{recommendations,similar}.parquet``.
+in ALS space ("Similar to <title>"). Output: ``lists/dt=<date>/recommendations/``
+(Parquet files, one or more per Spark bucket) and ``lists/dt=<date>/similar.parquet``.
 """
 
 from __future__ import annotations
@@ -27,10 +27,7 @@ from jobs.build_index import load_index
 from jobs.rules import blocked_in_catalog, drop_blocked_lists
 from jobs.train_als import Factors, load_factors
 from models import index as ann
-from models.funnel import rank_users
 from models.generators import SOURCES
-from models.ranker import load as load_ranker
-from models.reasons import final_lists
 from models.topk import because_items, recommend, rows_per_user
 
 log = logging.getLogger("recs.precompute")
@@ -88,38 +85,53 @@ def load_rules(items: pd.DataFrame, dsn: str | None = None):
         conn.close()
 
 
-def run_funnel(day: dt.date, sig, ranker_dir: str, items: pd.DataFrame, factors_dir: str,
-               index_dir: str, *, top_k: int, similar_k: int, config, rules,
-               model: str = "full_pipeline", lake_root: Path | None = None) -> dict:
-    """Every user's list, and the similar-items lists. ``model``: the gate's choice,
-    'full_pipeline' (candidates, ranker, re-ranking) or one generator's name (its own
-    lists, re-ranked with the same rules); reasons either way."""
-    t0 = time.perf_counter()
-    titles = items.set_index("item_id")["title"]
-    users = np.arange(sig.n_users)
-    if model == "full_pipeline":
-        ranked = rank_users(sig, users, config, load_ranker(ranker_dir))
-    elif model in SOURCES:
-        ranked = rank_users(sig, users, config, None, by=model,
-                                   keep=max(config.sizes.get(model), top_k))
-    else:
+def run_funnel(day: dt.date, catalog, *, inputs: dict[str, str | None], items: pd.DataFrame,
+               ranker_dir: str, factors_dir: str, index_dir: str, top_k: int,
+               similar_k: int, config, rules, model: str = "full_pipeline",
+               master: str | None = None, driver_memory: str = "2g",
+               lake_root: Path | None = None) -> dict:
+    """Every user's list, and the similar-items lists, into ``lists/dt=<day>/``.
+
+    ``model``: the gate's choice, 'full_pipeline' (candidates, ranker, re-ranking) or one
+    generator's name (its own lists, re-ranked with the same rules); reasons either way.
+    The users' lists come from the Spark job jobs/spark_funnel.py (``master``: the
+    settings' RECS_SPARK_MASTER): ``catalog`` (models/funnel.py:item_signals) is written
+    to ``funnel_catalog/dt=<day>/`` for its executors. ``inputs``: the full fit's
+    ``pairs``, the ``users`` snapshot, the ``als`` and ``two_tower`` factor folders and
+    the ``items`` snapshot."""
+    from jobs import spark_funnel
+
+    if model != "full_pipeline" and model not in SOURCES:
         raise ValueError(f"model={model!r}: expected 'full_pipeline' or one of {SOURCES}")
-    recs = final_lists(sig, ranked, titles, top_k, config=config.rerank, rules=rules)
-    t1 = time.perf_counter()
-    factors = load_factors(Path(factors_dir))
-    sims = similar_lists(factors, load_index(Path(index_dir) / "items_cos.faiss"), titles,
-                         similar_k)
-    sims, _ = drop_blocked_lists(sims, blocked_in_catalog(
-        rules, zip(items["item_id"].tolist(), items["category"].tolist(), strict=True)))
+    t0 = time.perf_counter()
+    catalog_dir = lake.partition("funnel_catalog", day, lake_root)
+    spark_funnel.save_catalog(catalog, catalog_dir)
+    titles = items.set_index("item_id")["title"]
     out = lake.partition("lists", day, lake_root)
     with lake.atomic_dir(out) as tmp:
-        recs.to_parquet(tmp / "recommendations.parquet", index=False)
+        spark = spark_funnel.session(master, driver_memory)
+        try:
+            job = spark_funnel.run(
+                spark, catalog_dir=str(catalog_dir), pairs_path=inputs["pairs"],
+                users_path=inputs.get("users"), als_dir=inputs.get("als"),
+                two_tower_dir=inputs.get("two_tower"), ranker_dir=ranker_dir,
+                items_path=inputs["items"], model=model, config=config, rules=rules,
+                top_k=top_k, out_dir=str(tmp / "recommendations"))
+        finally:
+            spark.stop()
+        t1 = time.perf_counter()
+        factors = load_factors(Path(factors_dir))
+        sims = similar_lists(factors, load_index(Path(index_dir) / "items_cos.faiss"), titles,
+                             similar_k)
+        sims, _ = drop_blocked_lists(sims, blocked_in_catalog(
+            rules, zip(items["item_id"].tolist(), items["category"].tolist(), strict=True)))
         sims.to_parquet(tmp / "similar.parquet", index=False)
-    rate = len(recs) / max(t1 - t0, 1e-9)
-    log.info("funnel: %d user lists in %.1fs (%.0f users/s), %d similar lists", len(recs),
-             t1 - t0, rate, len(sims))
+    recs = pd.read_parquet(out / "recommendations", columns=["sources"])
+    log.info("funnel: %d user lists in %.1fs (%.0f users/s, Spark %s), %d similar lists",
+             job["n_users"], t1 - t0, job["users_per_s"], master, len(sims))
     sources = pd.Series(np.concatenate(recs["sources"].to_numpy()) if len(recs) else [])
-    return {"recommendations": str(out / "recommendations.parquet"),
-            "similar": str(out / "similar.parquet"), "model": model, "n_users": len(recs),
-            "n_similar": len(sims), "users_per_s": round(rate, 1),
+    return {"recommendations": str(out / "recommendations"),
+            "similar": str(out / "similar.parquet"), "model": model,
+            "n_users": job["n_users"], "n_similar": len(sims),
+            "users_per_s": job["users_per_s"], "buckets": job["buckets"],
             "sources": {k: int(v) for k, v in sources.value_counts().items()}}

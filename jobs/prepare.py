@@ -41,9 +41,9 @@ def run(day: dt.date, events_path: str, *, holdout: float, seed: int, split: str
     train, test = split_pairs(pairs, split, holdout, seed)
     out = lake.partition("pairs", day, lake_root)
     with lake.atomic_dir(out) as tmp:
-        pairs.to_parquet(tmp / "full.parquet", index=False)
-        train.to_parquet(tmp / "train.parquet", index=False)
-        test.to_parquet(tmp / "test.parquet", index=False)
+        # Microsecond timestamps (Postgres' precision): Spark reads no nanoseconds.
+        for name, frame in (("full", pairs), ("train", train), ("test", test)):
+            frame.to_parquet(tmp / f"{name}.parquet", index=False, coerce_timestamps="us")
     return {**{name: str(out / f"{name}.parquet")
                for name in ("full", "train", "test")},
             "n_pairs": len(pairs),

@@ -51,13 +51,17 @@ class Factors:
     item_factors: np.ndarray
 
 
-def spark_session(master: str | None = None, app: str = "recs-als", driver_memory: str = "2g"):
-    """A Spark session; the master comes from spark-submit or the argument."""
+def spark_session(master: str | None = None, app: str = "recs-als", driver_memory: str = "2g",
+                  conf: dict[str, str] | None = None):
+    """A Spark session; the master comes from spark-submit or the argument; ``conf``:
+    more settings."""
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app)
     if master and not os.environ.get("SPARK_SUBMIT_OPTS_FROM_SUBMIT"):
         builder = builder.master(master)
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
     return (builder.config("spark.driver.memory", driver_memory)
             .config("spark.sql.shuffle.partitions", "8")
             .config("spark.ui.enabled", "false")

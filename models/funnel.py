@@ -351,7 +351,14 @@ def rank_users(sig: Signals, users: np.ndarray, config: FunnelConfig,
     """Score every candidate with ``ranker`` (or, with ``by``, one generator's own
     score: that generator alone, no features) and keep the best ``keep`` per user.
     ``timings``, when given, accumulates seconds per stage ('candidates', 'features',
-    'ranker_score', 'sort_keep') and the number of candidates ('n_candidates')."""
+    'ranker_score', 'sort_keep') and the number of candidates ('n_candidates').
+
+    A user's list depends on that user alone: not on the users of its batch, nor on the
+    machine's cores. Matrix products (BLAS) round differently with the number of
+    threads, so they run on one thread here; parallelism comes from running batches of
+    users side by side (Spark partitions, jobs/spark_funnel.py)."""
+    from threadpoolctl import threadpool_limits
+
     items, scores, source = [], [], []
     col = None if by is None else SOURCES.index(by)
     sizes = config.sizes
@@ -365,25 +372,40 @@ def rank_users(sig: Signals, users: np.ndarray, config: FunnelConfig,
         clock[stage] = clock.get(stage, 0.0) + now - since
         return now
 
-    for a in range(0, len(users), USER_BATCH):
-        rows = users[a:a + USER_BATCH]
-        t = time.perf_counter()
-        cand = generate(sig, rows, sizes)
-        t = tick("candidates", t)
-        clock["n_candidates"] = clock.get("n_candidates", 0) + len(cand.user)
-        if col is None:
-            x = features(sig, rows, cand)
-            t = tick("features", t)
-            s = ranker.score(x)
-            t = tick("ranker_score", t)
-        else:
-            s = cand.scores[:, col]
-        part = best_lists(cand, s, len(rows), keep, width)
-        items += part.items
-        scores += part.scores
-        source += part.source
-        tick("sort_keep", t)
+    with threadpool_limits(1):
+        for a in range(0, len(users), USER_BATCH):
+            rows = users[a:a + USER_BATCH]
+            t = time.perf_counter()
+            cand = generate(sig, rows, sizes)
+            t = tick("candidates", t)
+            clock["n_candidates"] = clock.get("n_candidates", 0) + len(cand.user)
+            if col is None:
+                x = features(sig, rows, cand)
+                t = tick("features", t)
+                s = score_per_user(ranker, x, cand.user, len(rows))
+                t = tick("ranker_score", t)
+            else:
+                s = cand.scores[:, col]
+            part = best_lists(cand, s, len(rows), keep, width)
+            items += part.items
+            scores += part.scores
+            source += part.source
+            tick("sort_keep", t)
     return Ranked(users, items, scores, source)
+
+
+def score_per_user(ranker: rk.Ranker | rk.RankerSet, x: np.ndarray, user: np.ndarray,
+                   n_users: int) -> np.ndarray:
+    """The ranker's scores of candidates sorted by ``user``, one user's candidates per
+    call: a matrix product rounds a row differently depending on the rows it comes with,
+    and a user's scores must not depend on which users share its batch (a Spark
+    partition or an in-process batch)."""
+    out = np.empty(len(x), "float32")
+    starts = np.searchsorted(user, np.arange(n_users + 1))
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        if b > a:
+            out[a:b] = ranker.score(x[a:b])
+    return out
 
 
 def best_lists(cand: Candidates, s: np.ndarray, n_users: int, keep: int,

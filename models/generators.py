@@ -111,15 +111,17 @@ def freshness(sig: Signals) -> np.ndarray:
     return fresh
 
 
-def item_side(sig: Signals) -> ItemSide:
-    """The catalog structures of ``sig`` (indices exact up to ``sig.exact_max`` items)."""
+def item_side(sig: Signals, build_indices: bool = True) -> ItemSide:
+    """The catalog structures of ``sig`` (indices exact up to ``sig.exact_max`` items;
+    without ``build_indices`` the caller sets ``indices``, e.g. read from files)."""
     from models import index as ann
 
     cfg = ann.IndexConfig(exact_max=sig.exact_max)
     indices, kinds = {}, {}
     for name, vectors in (("als", sig.als_items), ("two_tower", sig.tt_items),
                           ("text", sig.text)):
-        indices[name] = None if vectors is None else ann.build(vectors, cfg)
+        indices[name] = None if vectors is None or not build_indices else \
+            ann.build(vectors, cfg)
         if indices[name] is not None:
             kinds[name] = ann.kind(indices[name])
     col = category_column(sig)
