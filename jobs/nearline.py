@@ -302,6 +302,8 @@ def funnel_lists(live: LiveVersion, pairs: pd.DataFrame, user_ids: np.ndarray,
     full = pd.read_parquet(live.artifacts["pairs"])
     full = pd.concat([full[~full["user_id"].isin(pairs["user_id"].unique())], pairs],
                      ignore_index=True)
+    # The lake's microseconds and the database's timestamps as one UTC column.
+    full["timestamp"] = pd.to_datetime(full["timestamp"], utc=True)
     items = pd.read_parquet(live.artifacts["items"])
     art = daily.fit_artifacts("full", live.artifacts["als"], live.artifacts["two_tower"],
                               live.artifacts["covisit"], live.artifacts["text"])

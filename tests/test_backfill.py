@@ -36,7 +36,7 @@ def lake_outputs(home: Path, day: dt.date) -> dict[str, pd.DataFrame]:
     lists = home / "lake" / "lists" / f"dt={day.isoformat()}"
     stats = home / "lake" / "item_stats" / f"dt={day.isoformat()}"
     pairs = home / "lake" / "pairs" / f"dt={day.isoformat()}"
-    out = {"recommendations": pd.read_parquet(lists / "recommendations.parquet"),
+    out = {"recommendations": pd.read_parquet(lists / "recommendations"),
            "similar": pd.read_parquet(lists / "similar.parquet"),
            "trending": pd.read_parquet(stats / "lists.parquet"),
            "pairs": pd.read_parquet(pairs / "full.parquet")}
