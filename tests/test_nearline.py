@@ -246,6 +246,7 @@ def daily_list_for(live, pairs, user, vector, as_of) -> list[int]:
                                       "FROM model_runs WHERE model_version = %s", (version,))
     full = pd.read_parquet(arts["pairs"])
     full = pd.concat([full[full["user_id"] != user], pairs], ignore_index=True)
+    full["timestamp"] = pd.to_datetime(full["timestamp"], utc=True)  # as nearline does
     items = pd.read_parquet(arts["items"])
     art = daily.fit_artifacts("full", arts["als"], arts["two_tower"], arts["covisit"],
                               arts["text"])
