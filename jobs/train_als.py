@@ -109,6 +109,11 @@ def _collect_factors(factors, ids, column: str, rank: int) -> tuple[np.ndarray, 
     return frame["id"].to_numpy(dtype="int64"), mat
 
 
+def checkpoint_dir(lake_root: str | Path) -> Path:
+    """A fresh folder for one fit's checkpoints: ``<lake>/checkpoints/als/<run id>``."""
+    return Path(lake_root) / "checkpoints" / "als" / uuid.uuid4().hex
+
+
 def train(spark, pairs, params: AlsParams, checkpoint_dir: str | None = None) -> Factors:
     """Train implicit ALS on ``pairs`` (user_id, item_id, weight; a Spark or a pandas
     frame); return factors.
@@ -197,7 +202,6 @@ def run(inputs: dict[str, str], out_dir: str, params: AlsParams, master: str | N
     from core import lake
 
     final = Path(out_dir)
-    ckpt_root = Path(checkpoint_root) if checkpoint_root else lake.root() / "checkpoints" / "als"
     result: dict[str, dict[str, str]] = {}
     spark = spark_session(master, driver_memory=driver_memory)
     try:
@@ -206,8 +210,9 @@ def run(inputs: dict[str, str], out_dir: str, params: AlsParams, master: str | N
                 started = time.perf_counter()
                 pairs = spark.read.parquet(str(Path(path).resolve())).select(
                     "user_id", "item_id", "weight")
-                factors = train(spark, pairs, params,
-                                checkpoint_dir=str(ckpt_root / uuid.uuid4().hex))
+                ckpt = (Path(checkpoint_root) / uuid.uuid4().hex if checkpoint_root
+                        else checkpoint_dir(lake.root()))
+                factors = train(spark, pairs, params, checkpoint_dir=str(ckpt))
                 save_factors(factors, tmp / name)
                 log.info("ALS %s: %d users, %d items in %.1fs", name,
                          len(factors.user_ids), len(factors.item_ids),
