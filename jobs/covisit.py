@@ -72,9 +72,45 @@ def _ordering_frame(pairs: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     return frame, items
 
 
-def count(spark, pairs: pd.DataFrame, *, window: int = 20, top: int = 100,
+def _spark_ordering(spark, pairs):
+    """:func:`_ordering_frame` of a Spark frame (from ``spark.read.parquet``): user ids as
+    they are (only a key), dense item indices in id order and the timestamp as int64
+    nanoseconds (a timestamp column is in microseconds; a long one is taken as
+    nanoseconds, which is how Spark reads a nanosecond Parquet timestamp with
+    ``spark.sql.legacy.parquet.nanosAsLong``). Returns the Spark frame (u, i, ts) and the
+    item ids indexed by ``i``."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import LongType
+
+    missing = [c for c in ("user_id", "item_id", "timestamp") if c not in pairs.columns]
+    if missing:
+        raise ValueError(f"pairs lack column(s) {missing}; have {list(pairs.columns)}")
+    nulls = pairs.select([F.sum(F.col(c).isNull().cast("long")).alias(c)
+                          for c in ("user_id", "item_id", "timestamp")]).first()
+    for col in ("user_id", "item_id", "timestamp"):
+        if nulls[col]:
+            raise ValueError(f"pairs.{col} has {nulls[col]} missing value(s)")
+    if isinstance(pairs.schema["timestamp"].dataType, LongType):
+        ts = F.col("timestamp")
+    else:
+        ts = F.unix_micros(F.col("timestamp").cast("timestamp")) * F.lit(1000)
+    # The catalog's ids fit in the driver; users never come there.
+    items = np.sort(np.array([r[0] for r in pairs.select(F.col("item_id").cast("long"))
+                              .distinct().collect()], dtype="int64"))
+    index = spark.createDataFrame(
+        pd.DataFrame({"item_id": items, "i": np.arange(len(items), dtype="int32")}),
+        "item_id long, i int")
+    frame = (pairs.select(F.col("user_id").cast("long").alias("u"),
+                          F.col("item_id").cast("long").alias("item_id"),
+                          ts.alias("ts"))
+             .join(F.broadcast(index), "item_id").select("u", "i", "ts"))
+    return frame, items
+
+
+def count(spark, pairs, *, window: int = 20, top: int = 100,
           min_count: int = 2) -> pd.DataFrame:
-    """Co-visitation neighbours of every item in ``pairs`` (user_id, item_id, timestamp).
+    """Co-visitation neighbours of every item in ``pairs`` (user_id, item_id, timestamp;
+    a pandas frame or a Spark frame).
 
     Returns item_id (int64), neighbour_id (int64), score (float32), count (int64), sorted
     by item_id, score descending, neighbour_id. Scores are ranked in double precision
@@ -84,14 +120,19 @@ def count(spark, pairs: pd.DataFrame, *, window: int = 20, top: int = 100,
     from pyspark.sql import functions as F
 
     params = CovisitParams(window, top, min_count)
-    frame, items = _ordering_frame(pairs)
-    if frame.empty:
-        return _empty()
+    if isinstance(pairs, pd.DataFrame):
+        frame, items = _ordering_frame(pairs)
+        if frame.empty:
+            return _empty()
+        sdf = spark.createDataFrame(frame, "u int, i int, ts long")
+    else:
+        sdf, items = _spark_ordering(spark, pairs)
+        if not len(items):
+            return _empty()
     # With one row per (user, item) an unordered pair occurs at most once per user, and
     # the shuffle that removes repeats can be skipped.
-    repeats = bool(frame.duplicated(["u", "i"]).any())
+    repeats = bool(sdf.groupBy("u", "i").count().where(F.col("count") > 1).limit(1).count())
 
-    sdf = spark.createDataFrame(frame, "u int, i int, ts long")
     in_order = Window.partitionBy("u").orderBy("ts", "i")
     pos = sdf.select("u", "i", F.row_number().over(in_order).alias("pos"))
     # Self-join on user and position: each row meets the rows 1..window places after
@@ -100,9 +141,9 @@ def count(spark, pairs: pd.DataFrame, *, window: int = 20, top: int = 100,
                         F.explode(F.sequence(F.lit(1), F.lit(params.window))).alias("d"))
              .select("u", "a", (F.col("pos") + F.col("d")).alias("pos")))
     later = pos.select("u", F.col("i").alias("b"), "pos")
-    # The pairs already sit in the driver as a pandas frame, so broadcasting one
-    # projection of them is cheap and keeps the n * window rows of ``ahead`` unshuffled.
-    visits = (ahead.join(F.broadcast(later), ["u", "pos"])
+    # A shuffle join on (u, pos): no side is broadcast, so no executor (nor the driver)
+    # holds the whole history.
+    visits = (ahead.join(later, ["u", "pos"])
               .where(F.col("a") != F.col("b"))
               # An unordered pair as one long key: lower index high, higher index low.
               .select("u", (F.least("a", "b").cast("long") * F.lit(1 << 32)
@@ -167,15 +208,18 @@ def run_many(inputs: dict[str, str], out_dir: str, *, window: int = 20, top: int
     for source in inputs.values():
         if not Path(source).exists():
             raise FileNotFoundError(f"pairs file not found: {source}")
-    spark = spark_session(master, app="recs-covisit", driver_memory=driver_memory)
+    spark = spark_session(master, app="recs-covisit", driver_memory=driver_memory, conf={
+        # Pairs written by pandas keep nanoseconds, which Spark reads only as longs.
+        "spark.sql.legacy.parquet.nanosAsLong": "true"})
     results = {}
     try:
         for name, source in inputs.items():
             final = Path(out_dir) / name if name else Path(out_dir)
             started = time.perf_counter()
-            pairs = pd.read_parquet(source, columns=["user_id", "item_id", "timestamp"])
+            pairs = spark.read.parquet(str(Path(source).resolve())).select(
+                "user_id", "item_id", "timestamp")
             table = count(spark, pairs, **asdict(params))
-            meta = {"params": asdict(params), "n_pairs": len(pairs),
+            meta = {"params": asdict(params), "n_pairs": pairs.count(),
                     "n_items": int(table["item_id"].nunique()), "n_rows": len(table),
                     "seconds": round(time.perf_counter() - started, 3)}
             with lake.atomic_dir(final) as tmp:

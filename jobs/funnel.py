@@ -56,7 +56,9 @@ def fit_artifacts(pairs: pd.DataFrame, items: pd.DataFrame, *, spark, settings,
     t0 = time.perf_counter()
     params = train_als.AlsParams(settings.als_rank, settings.als_reg, settings.als_alpha,
                                  settings.als_iters, settings.seed)
-    als = train_als.train(spark, pairs, params)
+    # Checkpoints in the lake, which executors on other machines see too.
+    als = train_als.train(spark, pairs, params,
+                          checkpoint_dir=str(train_als.checkpoint_dir(settings.lake)))
     t1 = time.perf_counter()
     cat = catalog(items, pairs)
     vectors = None

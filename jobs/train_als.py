@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -70,44 +72,100 @@ def spark_session(master: str | None = None, app: str = "recs-als", driver_memor
             .getOrCreate())
 
 
-def train(spark, pairs: pd.DataFrame, params: AlsParams) -> Factors:
-    """Train implicit ALS on ``pairs`` (user_id, item_id, weight); return factors.
+# Pairs per ALS block and per shuffle partition: sized from the data, never from the
+# master's parallelism, so that a fit gives the same factors on any cluster.
+PAIRS_PER_BLOCK = 2_000_000
+MAX_BLOCKS = 64
 
-    Ids are mapped to dense int indices before Spark (ALS needs 32-bit ids) and back
-    afterwards, so any BIGINT id works.
+
+def n_blocks(n_pairs: int) -> int:
+    """ALS user and item blocks (and shuffle partitions) for ``n_pairs`` ratings."""
+    return max(1, min(MAX_BLOCKS, math.ceil(n_pairs / PAIRS_PER_BLOCK)))
+
+
+def _dense_ids(frame, column: str, alias: str):
+    """(``column``, ``alias``): the sorted distinct ids of ``column`` numbered 0.. in id
+    order, so the numbering is the same however the data is partitioned."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ids = frame.select(column).distinct()
+    return ids.select(column, (F.row_number().over(Window.orderBy(column)) - 1)
+                      .cast("int").alias(alias))
+
+
+def _collect_factors(factors, ids, column: str, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ids in order and their factor rows (zeros for an id ALS gave no factor)."""
+    from pyspark.sql import functions as F
+
+    frame = (ids.join(factors.withColumnRenamed("id", "idx"),
+                      ids[ids.columns[1]] == F.col("idx"), "left")
+             .select(F.col(column).alias("id"), "features").toPandas()
+             .sort_values("id", ignore_index=True))
+    mat = np.zeros((len(frame), rank), dtype="float32")
+    has = frame["features"].notna().to_numpy()
+    if has.any():
+        mat[has] = np.stack(frame["features"][has].to_numpy()).astype("float32")
+    return frame["id"].to_numpy(dtype="int64"), mat
+
+
+def checkpoint_dir(lake_root: str | Path) -> Path:
+    """A fresh folder for one fit's checkpoints: ``<lake>/checkpoints/als/<run id>``."""
+    return Path(lake_root) / "checkpoints" / "als" / uuid.uuid4().hex
+
+
+def train(spark, pairs, params: AlsParams, checkpoint_dir: str | None = None) -> Factors:
+    """Train implicit ALS on ``pairs`` (user_id, item_id, weight; a Spark or a pandas
+    frame); return factors.
+
+    Ids are mapped to dense int indices in Spark (ALS needs 32-bit ids), numbered in id
+    order, and back afterwards, so any BIGINT id works. ``checkpoint_dir`` must be a
+    folder every executor sees (the lake on a cluster); it is removed after the fit. Without
+    one, a temporary folder on the driver is used (only right for a local master).
     """
+    import shutil
+    import tempfile
+
     from pyspark.ml.recommendation import ALS
+    from pyspark.sql import functions as F
 
-    users, u_idx = np.unique(pairs["user_id"].to_numpy(), return_inverse=True)
-    items, i_idx = np.unique(pairs["item_id"].to_numpy(), return_inverse=True)
-    frame = pd.DataFrame({"u": u_idx.astype("int32"), "i": i_idx.astype("int32"),
-                          "w": pairs["weight"].to_numpy(dtype="float32")})
-    sdf = spark.createDataFrame(frame)
+    if isinstance(pairs, pd.DataFrame):
+        pairs = spark.createDataFrame(
+            pairs[["user_id", "item_id", "weight"]].astype(
+                {"user_id": "int64", "item_id": "int64", "weight": "float32"}),
+            "user_id long, item_id long, weight float")
+    n_pairs = pairs.count()
+    blocks = n_blocks(n_pairs)
+    spark.conf.set("spark.sql.shuffle.partitions", str(blocks))
+    users = _dense_ids(pairs, "user_id", "u").cache()
+    items = _dense_ids(pairs, "item_id", "i").cache()
+    # The ratings in a fixed partitioning and order: ALS builds its blocks from them.
+    ratings = (pairs.join(users, "user_id").join(items, "item_id")
+               .select("u", "i", F.col("weight").cast("float").alias("w"))
+               .repartition(blocks, "u").sortWithinPartitions("u", "i"))
     # Without checkpoints the lineage of 15+ iterations overflows the JVM stack when
-    # tasks are serialised; checkpoint every few iterations into a scratch folder.
-    if not spark.sparkContext.getCheckpointDir():
-        import atexit
-        import shutil
-        import tempfile
-
-        ckpt = tempfile.mkdtemp(prefix="recs-als-ckpt-")
-        atexit.register(shutil.rmtree, ckpt, ignore_errors=True)
-        spark.sparkContext.setCheckpointDir(ckpt)
-    # More partitions than cores gives no speed here and costs shuffle overhead.
-    n_blocks = max(1, min(4, spark.sparkContext.defaultParallelism))
-    als = ALS(rank=params.rank, maxIter=params.iters, regParam=params.reg,
-              alpha=params.alpha, implicitPrefs=True, userCol="u", itemCol="i",
-              ratingCol="w", seed=params.seed, nonnegative=False,
-              numUserBlocks=n_blocks, numItemBlocks=n_blocks,
-              coldStartStrategy="drop", checkpointInterval=5)
-    model = als.fit(sdf)
-    uf = model.userFactors.toPandas().sort_values("id")
-    itf = model.itemFactors.toPandas().sort_values("id")
-    user_factors = np.zeros((len(users), params.rank), dtype="float32")
-    item_factors = np.zeros((len(items), params.rank), dtype="float32")
-    user_factors[uf["id"].to_numpy()] = np.stack(uf["features"].to_numpy()).astype("float32")
-    item_factors[itf["id"].to_numpy()] = np.stack(itf["features"].to_numpy()).astype("float32")
-    return Factors(users, user_factors, items, item_factors)
+    # tasks are serialised; checkpoint every few iterations into a folder that the
+    # executors share (a folder on the driver is not seen by executors on other machines).
+    scratch = Path(checkpoint_dir) if checkpoint_dir else Path(
+        tempfile.mkdtemp(prefix="recs-als-ckpt-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    spark.sparkContext.setCheckpointDir(str(scratch))
+    try:
+        als = ALS(rank=params.rank, maxIter=params.iters, regParam=params.reg,
+                  alpha=params.alpha, implicitPrefs=True, userCol="u", itemCol="i",
+                  ratingCol="w", seed=params.seed, nonnegative=False,
+                  numUserBlocks=blocks, numItemBlocks=blocks,
+                  coldStartStrategy="drop", checkpointInterval=5)
+        model = als.fit(ratings)
+        user_ids, user_factors = _collect_factors(model.userFactors, users, "user_id",
+                                                  params.rank)
+        item_ids, item_factors = _collect_factors(model.itemFactors, items, "item_id",
+                                                  params.rank)
+    finally:
+        users.unpersist()
+        items.unpersist()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return Factors(user_ids, user_factors, item_ids, item_factors)
 
 
 def save_factors(factors: Factors, out_dir: Path) -> dict[str, str]:
@@ -132,11 +190,14 @@ def load_factors(out_dir: Path) -> Factors:
 
 
 def run(inputs: dict[str, str], out_dir: str, params: AlsParams, master: str | None = None,
-        driver_memory: str = "2g") -> dict[str, dict[str, str]]:
+        driver_memory: str = "2g", checkpoint_root: str | None = None
+        ) -> dict[str, dict[str, str]]:
     """Train one model per named input (e.g. ``full`` and ``eval``); write their factors.
 
     Writes ``<out_dir>/<name>/{users,items}.parquet`` and ``<out_dir>/params.json``.
-    The output folder is replaced atomically.
+    The output folder is replaced atomically. The pairs are read by the executors
+    (``spark.read.parquet``); checkpoints go to ``<checkpoint_root>/<run id>/`` (default
+    ``<lake>/checkpoints/als``), which executors on other machines must see too.
     """
     from core import lake
 
@@ -147,11 +208,14 @@ def run(inputs: dict[str, str], out_dir: str, params: AlsParams, master: str | N
         with lake.atomic_dir(final) as tmp:
             for name, path in inputs.items():
                 started = time.perf_counter()
-                pairs = pd.read_parquet(path, columns=["user_id", "item_id", "weight"])
-                factors = train(spark, pairs, params)
+                pairs = spark.read.parquet(str(Path(path).resolve())).select(
+                    "user_id", "item_id", "weight")
+                ckpt = (Path(checkpoint_root) / uuid.uuid4().hex if checkpoint_root
+                        else checkpoint_dir(lake.root()))
+                factors = train(spark, pairs, params, checkpoint_dir=str(ckpt))
                 save_factors(factors, tmp / name)
-                log.info("ALS %s: %d users, %d items, %d pairs in %.1fs", name,
-                         len(factors.user_ids), len(factors.item_ids), len(pairs),
+                log.info("ALS %s: %d users, %d items in %.1fs", name,
+                         len(factors.user_ids), len(factors.item_ids),
                          time.perf_counter() - started)
                 result[name] = {k: str(final / name / f"{k}.parquet")
                                 for k in ("users", "items")}
@@ -171,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha", type=float, default=AlsParams.alpha)
     p.add_argument("--iters", type=int, default=AlsParams.iters)
     p.add_argument("--seed", type=int, default=AlsParams.seed)
+    p.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="checkpoints' root, seen by every executor "
+                        "(default <lake>/checkpoints/als)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     inputs = {}
@@ -180,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--input {spec!r}: expected NAME=PATH")
         inputs[name] = path
     params = AlsParams(args.rank, args.reg, args.alpha, args.iters, args.seed)
-    run(inputs, args.out, params)
+    run(inputs, args.out, params, checkpoint_root=args.checkpoint_dir)
     return 0
 
 

@@ -102,3 +102,13 @@ def ml_small() -> Path:
         pytest.skip(f"MovieLens ml-latest-small not found at {ML_SMALL} "
                     "(it lives in the project's shared data folder, not in the repo)")
     return ML_SMALL
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory):
+    """A Spark standalone cluster (a master and two one-core workers, each with its own
+    temporary folders) for the session; stopped at the end (tests/spark_cluster.py)."""
+    from tests.spark_cluster import standalone
+
+    with standalone(tmp_path_factory.mktemp("spark-cluster")) as cluster:
+        yield cluster

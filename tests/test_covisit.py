@@ -165,6 +165,24 @@ def test_spark_matches_the_python_reference(spark, repeats, window, top, min_cou
     assert got.groupby("item_id").size().max() <= top
 
 
+@pytest.mark.parametrize("unit", ["us", "ns"])
+def test_pairs_read_by_spark_give_the_pandas_frames_table(spark, tmp_path, unit):
+    """run_many reads the pairs with spark.read.parquet (microsecond timestamps as the
+    pipeline writes them, or nanoseconds read as longs): the same table as from pandas."""
+    pairs = _random_pairs(repeats=True)
+    path = tmp_path / "pairs.parquet"
+    # pandas writes nanoseconds by default; the pipeline coerces to microseconds.
+    pairs.to_parquet(path, index=False, coerce_timestamps=None if unit == "ns" else unit)
+    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
+    try:
+        got = covisit.count(spark, spark.read.parquet(str(path)), window=4, min_count=1)
+    finally:
+        spark.conf.unset("spark.sql.legacy.parquet.nanosAsLong")
+    want = covisit.count(spark, pairs, window=4, min_count=1)
+    assert len(got) > 100
+    pd.testing.assert_frame_equal(got, want)
+
+
 def test_window_and_min_count_are_respected(spark, random_pairs):
     # Window 1: every emitted pair is adjacent in some user's order.
     adjacent = set()
