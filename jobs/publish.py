@@ -10,6 +10,7 @@ at most ``lock_timeout`` and retried, so readers never queue behind a waiting sw
 ``DETACH PARTITION ... CONCURRENTLY`` and dropped. Versions only switch forward: a
 version older than the live one (a backfill) is checked, not loaded. Readers see the old
 version or the new one, never a half-loaded one; a failed publish leaves nothing staged.
+"""
 
 from __future__ import annotations
 
