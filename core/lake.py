@@ -54,3 +54,26 @@ def atomic_file(final: Path) -> Path:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     return final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def write_cursor(cur, schema, path: Path, chunk: int, progress=None) -> int:
+    """Write the rows of an executed cursor to the Parquet file ``path`` with pyarrow
+    ``schema`` (columns in cursor order), ``chunk`` rows at a time; ``progress(n)`` after
+    each chunk. Returns the number of rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        while True:
+            rows = cur.fetchmany(chunk)
+            if not rows:
+                break
+            cols = list(zip(*rows, strict=True))
+            writer.write_table(pa.table({f.name: pa.array(c, type=f.type)
+                                         for f, c in zip(schema, cols, strict=True)},
+                                        schema=schema))
+            n += len(rows)
+            if progress is not None:
+                progress(n)
+    return n

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from core import db, lake
 from core import settings as settings_mod
@@ -43,19 +42,8 @@ def window(data_end: dt.datetime, window_days: int) -> tuple[dt.datetime | None,
 
 def _dump(cur, sql: str, params, schema: pa.Schema, path: Path) -> int:
     cur.execute(sql, params)
-    n = 0
-    with pq.ParquetWriter(path, schema) as writer:
-        while True:
-            rows = cur.fetchmany(CHUNK)
-            if not rows:
-                break
-            cols = list(zip(*rows, strict=True))
-            writer.write_table(pa.table({f.name: pa.array(c, type=f.type)
-                                         for f, c in zip(schema, cols, strict=True)},
-                                        schema=schema))
-            n += len(rows)
-            log.info("extract %s: %d rows", path.name, n)
-    return n
+    return lake.write_cursor(cur, schema, path, CHUNK, progress=lambda n: log.info(
+        "extract %s: %d rows", path.name, n))
 
 
 def run(day: dt.date, *, dsn: str | None = None, lake_root: Path | None = None,

@@ -135,29 +135,17 @@ def drain_default(dsn: str | None) -> int:
 
 def _export(cur, partition: str, tmp: Path) -> int:
     """Write every row of ``partition`` (read through ``cur``'s transaction) to ``tmp``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     schema = _schema()
-    n = 0
-    with pq.ParquetWriter(tmp, schema) as writer:
-        named = cur.connection.cursor(name=f"archive_{partition}")
-        try:
-            named.itersize = CHUNK
-            named.execute(f'SELECT event_id, user_id, item_id, event_type, rating, '
-                          f'"timestamp", context::text, ingested_at, key_id FROM {partition} '
-                          f'ORDER BY "timestamp", event_id')
-            while True:
-                rows = named.fetchmany(CHUNK)
-                if not rows:
-                    break
-                cols = list(zip(*rows, strict=True))
-                writer.write_table(pa.table({f.name: pa.array(c, type=f.type)
-                                             for f, c in zip(schema, cols, strict=True)},
-                                            schema=schema))
-                n += len(rows)
-        finally:
-            named.close()
+    named = cur.connection.cursor(name=f"archive_{partition}")
+    try:
+        named.itersize = CHUNK
+        named.execute(f'SELECT event_id, user_id, item_id, event_type, rating, '
+                      f'"timestamp", context::text, ingested_at, key_id FROM {partition} '
+                      f'ORDER BY "timestamp", event_id')
+        n = lake.write_cursor(named, schema, tmp, CHUNK)
+    finally:
+        named.close()
     return n
 
 
