@@ -36,6 +36,24 @@ def test_hnsw_above_the_threshold_keeps_recall_above_the_floor():
     assert ann.recall_vs_exact(cos, x, queries, k=10, normalize=True) >= 0.95
 
 
+def test_hnsw_builds_are_identical_and_leave_the_thread_count_alone():
+    """A re-run of a date must build the same graph: FAISS's multi-threaded HNSW add is
+    not reproducible (its maintainers' advice: add on one thread), so build() adds on one
+    thread and restores the caller's thread count."""
+    import faiss
+
+    x = _clustered(8_000, 32, 2)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(4)
+    try:
+        graphs = [faiss.serialize_index(ann.build(x, ann.IndexConfig(exact_max=0))).tobytes()
+                  for _ in range(2)]
+        assert faiss.omp_get_max_threads() == 4
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert graphs[0] == graphs[1]
+
+
 def test_top_k_excludes_consumed_items_and_fills_the_list():
     rng = np.random.default_rng(3)
     items = rng.normal(size=(60, 8)).astype("float32")
