@@ -354,12 +354,16 @@ def _net_class():
             super().__init__()
             d = cfg.dim
             self.register_buffer("known_ids", torch.zeros(n_ids, dtype=torch.int64))
-            self.item_id = nn.Embedding(n_ids + 1, d, padding_idx=PAD)
+            # The tables that grow with the catalog have sparse gradients: a step updates
+            # the rows its batch touched, not every row (see :func:`train`).
+            self.item_id = nn.Embedding(n_ids + 1, d, padding_idx=PAD, sparse=True)
             self.category = nn.Embedding(n_categories + 1, d, padding_idx=PAD)
-            self.tags = nn.EmbeddingBag(n_tags + 1, d, mode="mean", padding_idx=PAD)
+            self.tags = nn.EmbeddingBag(n_tags + 1, d, mode="mean", padding_idx=PAD,
+                                        sparse=True)
             self.text = nn.Linear(text_dim, d, bias=False) if text_dim else None
             self.item_mlp = ResidualMLP(d, cfg.hidden, d)
-            self.history = nn.EmbeddingBag(n_ids + 1, d, mode="sum", padding_idx=PAD)
+            self.history = nn.EmbeddingBag(n_ids + 1, d, mode="sum", padding_idx=PAD,
+                                           sparse=True)
             self.country = nn.Embedding(n_countries + 1, cfg.country_dim, padding_idx=PAD)
             self.user_mlp = ResidualMLP(d + 2 + cfg.country_dim, cfg.hidden, d)
             for emb in (self.item_id, self.category, self.tags, self.history, self.country):
@@ -387,7 +391,28 @@ def _net_class():
             z = torch.cat([pooled, activity, self.country(country)], dim=1)
             return nn.functional.normalize(self.user_mlp(z), dim=1)
 
+        def sparse_parameters(self) -> list:
+            """The catalog-sized tables, whose gradients are sparse."""
+            return [self.item_id.weight, self.tags.weight, self.history.weight]
+
     return TwoTowerNet
+
+
+def _optimizers(net, cfg: TwoTowerConfig, total_steps: int) -> list:
+    """(optimizer, schedule) pairs: lazy Adam (``SparseAdam``) on the catalog-sized
+    embedding tables, AdamW on the rest, both with the learning rate decaying linearly to
+    0. A step then costs the same whatever the catalog's size: dense Adam would update
+    every row of the id tables (moments and weights) at every step. The embedding tables
+    get no weight decay (SparseAdam has none; the default decay, 1e-6, is negligible)."""
+    import torch
+
+    sparse = net.sparse_parameters()
+    ids = {id(p) for p in sparse}
+    dense = [p for p in net.parameters() if id(p) not in ids]
+    opts = [torch.optim.SparseAdam(sparse, lr=cfg.lr),
+            torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    return [(o, torch.optim.lr_scheduler.LambdaLR(
+        o, lambda i: max(0.0, 1.0 - i / total_steps))) for o in opts]
 
 
 def _ratio(sums, weight):
@@ -632,13 +657,11 @@ def train(pairs: pd.DataFrame, items: ItemFeatures, users: UserFeatures,
         # positives, plus M / N from M uniform draws over the N catalog items.
         q_t = t(np.exp(log_q_all))
         n_uniform = cfg.uniform_negatives / len(items)
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         neg_rng = np.random.default_rng([cfg.seed, 2])
         n, bs = len(p_item), cfg.batch_size
         steps = max(1, n // bs)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda i: max(0.0, 1.0 - i / (steps * cfg.epochs)))
+        optimizers = _optimizers(net, cfg, steps * cfg.epochs)
         for epoch in range(cfg.epochs):
             net.train()
             t0 = time.perf_counter()
@@ -650,7 +673,8 @@ def train(pairs: pd.DataFrame, items: ItemFeatures, users: UserFeatures,
                 uniq, inv = np.unique(p_user[b], return_inverse=True)
                 inv_t, pos_ids = t(inv), t(p_id[b])
                 inh = t(p_inh[b].astype("float32"))
-                e_pos = net.history.weight[pos_ids] * inh[:, None]
+                # Through the bag (not weight[ids]): the gradient stays sparse.
+                e_pos = net.history(pos_ids[:, None]) * inh[:, None]
                 sel, offsets = ragged.select(uniq)
                 sums = net.history(t(ragged.flat[sel]), t(offsets))[inv_t]
                 # Leave one out: the positive leaves its user's pooled history.
@@ -670,10 +694,12 @@ def train(pairs: pd.DataFrame, items: ItemFeatures, users: UserFeatures,
                                          cfg.temperature, ib[:, None] == cand[None, :],
                                          same_user)
                 loss = in_batch_loss(logits)
-                opt.zero_grad(set_to_none=True)
+                for opt, _ in optimizers:
+                    opt.zero_grad(set_to_none=True)
                 loss.backward()
-                opt.step()
-                sched.step()
+                for opt, sched in optimizers:
+                    opt.step()
+                    sched.step()
                 total += float(loss.detach())
             info = {"epoch": epoch + 1, "loss": round(total / steps, 5),
                     "seconds": round(time.perf_counter() - t0, 2)}
