@@ -57,9 +57,12 @@ def build_lists(events: pd.DataFrame, items: pd.DataFrame, as_of: pd.Timestamp, 
     return pd.DataFrame(rows, columns=["list_name", "rank", "item_id", "score", "reason"])
 
 
-def run(day: dt.date, events_path: str, items_path: str, *, k: int, recent_days: int,
+def run(day: dt.date, events: list[str], items_path: str, *, k: int, recent_days: int,
         data_end: str, users_path: str | None = None, lake_root: Path | None = None) -> dict:
-    events = pd.read_parquet(events_path, columns=["user_id", "item_id", "timestamp"])
+    """The lists of the window's event files (jobs/extract.py:window_files)."""
+    from jobs.extract import read_events
+
+    events = read_events(events, ["user_id", "item_id", "timestamp"])
     items = pd.read_parquet(items_path, columns=["item_id", "category"])
     users = pd.read_parquet(users_path) if users_path else None
     as_of = pd.Timestamp(data_end)

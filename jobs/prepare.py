@@ -32,12 +32,17 @@ def split_pairs(pairs: pd.DataFrame, how: str, holdout: float, seed: int):
     raise ValueError(f"split must be 'stratified', 'time' or 'chrono', got {how!r}")
 
 
-def run(day: dt.date, events_path: str, *, holdout: float, seed: int, split: str = "stratified",
-        lake_root: Path | None = None) -> dict:
-    events = pd.read_parquet(events_path)
-    if events.empty:
-        raise ValueError(f"{events_path}: no events in the window; nothing to train on")
-    pairs = aggregate_pairs(events)
+def run(day: dt.date, events: list[str], *, holdout: float, seed: int,
+        split: str = "stratified", lake_root: Path | None = None) -> dict:
+    """Pairs of the window's event files (jobs/extract.py:window_files, oldest first)."""
+    from jobs.extract import read_events
+
+    frame = read_events(events)
+    if frame.empty:
+        raise ValueError(f"no events in the window ending {day} ({len(events)} day files); "
+                         "nothing to train on")
+    # Sorted by (user, item): the pairs do not depend on how the window's days were cut.
+    pairs = aggregate_pairs(frame).sort_values(["user_id", "item_id"], ignore_index=True)
     train, test = split_pairs(pairs, split, holdout, seed)
     out = lake.partition("pairs", day, lake_root)
     with lake.atomic_dir(out) as tmp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 
 import numpy as np
@@ -36,16 +37,75 @@ def _load_events(dsn: str) -> None:
 def test_extract_takes_the_window_of_the_day_and_is_idempotent(settings):
     _load_events(settings.dsn)
     first = extract.run(DAY)
-    events = pd.read_parquet(first["events"])
+    events = extract.read_events(first["events"])
     assert list(events["event_id"]) == [1, 2, 3]  # ordered by user, item, time
     assert first["data_until"].startswith("2026-03-10T23:59:59")
     again = extract.run(DAY)
-    assert pd.read_parquet(again["events"]).equals(events)
+    assert extract.read_events(again["events"]).equals(events)
     assert set(pd.read_parquet(first["users"])["country"]) == {"US", "FR"}
     # Partitions are created a week ahead.
     with db.transaction(settings.dsn) as cur:
         cur.execute("SELECT to_regclass('interactions_p20260317') IS NOT NULL")
         assert cur.fetchone()[0]
+
+
+def _insert(dsn: str, rows) -> None:
+    with db.transaction(dsn) as cur:
+        cur.executemany('INSERT INTO interactions (event_id, user_id, item_id, event_type, '
+                        'rating, "timestamp") VALUES (%s, %s, %s, %s, %s, %s)', rows)
+
+
+def _all_events(dsn: str, end: str) -> list[int]:
+    with db.transaction(dsn) as cur:
+        cur.execute('SELECT event_id FROM interactions WHERE "timestamp" < %s '
+                    'ORDER BY "timestamp"::date, user_id, item_id, "timestamp", event_id',
+                    (end,))
+        return [r[0] for r in cur.fetchall()]
+
+
+def test_extract_reads_the_closed_day_and_late_events_only(settings):
+    """Each run extracts its own day; older days come from the lake unless they received
+    events since the previous run, and the window always equals a query of the table.
+    (No margin for transactions still open at the watermark: this test commits each
+    insert before the next run starts.)"""
+    _load_events(settings.dsn)
+    run = functools.partial(extract.run, late_margin=dt.timedelta(0))
+    first = run(DAY)  # first run: every day before the end of DAY
+    assert set(first["extracted_days"]) == {"2026-03-08", "2026-03-09", "2026-03-10"}
+    nxt = DAY + dt.timedelta(days=1)
+    second = run(nxt)
+    assert second["extracted_days"] == {"2026-03-11": 1}  # the closed day only
+    assert list(extract.read_events(second["events"])["event_id"]) == \
+        _all_events(settings.dsn, "2026-03-12")
+    assert second["n_events"] == 4 and second["data_until"].startswith("2026-03-11T00:00:00")
+
+    # A late event for 03-09 (and one for the next, not yet closed, day) arrive.
+    _insert(settings.dsn, [(5, 12, 2, "view", None, "2026-03-09T12:00:00Z"),
+                           (6, 12, 3, "view", None, "2026-03-12T08:00:00Z")])
+    again = run(nxt)
+    assert set(again["extracted_days"]) == {"2026-03-09", "2026-03-11"}
+    assert list(extract.read_events(again["events"])["event_id"]) == \
+        _all_events(settings.dsn, "2026-03-12")
+    assert 6 not in set(extract.read_events(again["events"])["event_id"])
+
+    # A re-run of an older date finds late events of days after it that are in the lake.
+    _insert(settings.dsn, [(7, 12, 1, "view", None, "2026-03-11T09:00:00Z")])
+    old = run(DAY)
+    assert set(old["extracted_days"]) == {"2026-03-10", "2026-03-11"}
+    assert list(extract.read_events(extract.window_files(nxt, 0, None))["event_id"]) == \
+        _all_events(settings.dsn, "2026-03-12")
+
+
+def test_extract_window_and_widening_it(settings):
+    """A window of one day reads one day file; widening it later extracts the older days
+    the lake never had."""
+    _load_events(settings.dsn)
+    one = extract.run(DAY, window_days=1)
+    assert set(one["extracted_days"]) == {"2026-03-10"}
+    assert list(extract.read_events(one["events"])["event_id"]) == [3]
+    wide = extract.run(DAY, window_days=0)
+    assert set(wide["extracted_days"]) == {"2026-03-08", "2026-03-09", "2026-03-10"}
+    assert list(extract.read_events(wide["events"])["event_id"]) == [1, 2, 3]
 
 
 def test_pair_weights_follow_type_and_rating_and_grow_sublinearly():
