@@ -600,8 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=8080)
     ui.add_argument("--host", default="127.0.0.1")
     ui.set_defaults(func=cmd_airflow_ui)
-    from cli import keys
+    from cli import keys, status
     keys.register(sub)
+    status.register(sub)
     return p
 
 

@@ -48,6 +48,7 @@ import pandas as pd
 import psycopg2.extras
 
 from core import db, lake
+from core.constants import NO_REASON_ITEM
 from jobs.nearline import (
     LIVE_LISTS_LOCK,
     LOOKBACK,
@@ -207,7 +208,8 @@ def place_new_items(rows: dict[int, tuple], users: pd.DataFrame, arms: pd.DataFr
             pos = min(slot - 1, len(items))
             score = scores[pos] if pos < len(scores) else (scores[-1] if scores else 0.0)
             splice(items, scores, reasons, rids, pos,
-                   (item, score, f"{NEW_REASON_PREFIX}{arms['category'].iloc[arm]}", -1),
+                   (item, score, f"{NEW_REASON_PREFIX}{arms['category'].iloc[arm]}",
+                    NO_REASON_ITEM),
                    keep_len)
             shown[item] = shown.get(item, 0) + 1
         if items != list(rows[user][0]) or reasons != list(rows[user][2]):

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from core import lake
+from core.constants import NO_REASON_ITEM
 from jobs.build_index import load_index
 from jobs.rules import blocked_in_catalog, drop_blocked_lists
 from jobs.train_als import Factors, load_factors
@@ -47,7 +48,8 @@ def personalized_lists(factors: Factors, index, pairs: pd.DataFrame, titles: pd.
         valid = rows[u] >= 0
         recs = item_ids[rows[u][valid]]
         why = because[u][valid]
-        reason_ids = np.where(why >= 0, item_ids[np.maximum(why, 0)], -1)
+        reason_ids = np.where(why >= 0, item_ids[np.maximum(why, 0)],
+                              NO_REASON_ITEM)
         reasons = [f"Because you watched {titles.get(r, str(r))}" if r >= 0
                    else "Recommended for you" for r in reason_ids]
         records.append((int(uid), recs.astype("int64"), scores[u][valid].astype("float32"),

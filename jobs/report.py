@@ -1,4 +1,9 @@
-"""An evaluation table written as Markdown, CSV and a PNG bar chart, each file atomically.
+"""An evaluation table written as Markdown, CSV, a PNG bar chart and one HTML page, each
+file atomically.
+
+The HTML page is one file that needs nothing else: the table, the notes, the overview
+chart and one chart per metric (each on its own scale), every chart a PNG embedded as a
+base64 ``data:`` URI, the style inline; no script and no outside reference.
 
 A table is ``{"title": str, "columns": [metric, ...], "rows": {model: {metric: float}},
 "notes": [str, ...]}`` (``notes`` optional). ``columns`` chooses and orders the metrics
@@ -35,23 +40,84 @@ class ReportError(ValueError):
 
 
 def write(table: Table, out_dir: Path, stem: str = "evaluation") -> dict[str, str]:
-    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` under ``out_dir``.
+    """Write ``<stem>.md``, ``<stem>.csv``, ``<stem>.png`` and ``<stem>.html`` under
+    ``out_dir``.
 
     Each file is written to a temporary name beside it and renamed into place, so a
     reader sees the old file or the new one, never half of one. Returns
-    ``{"md": path, "csv": path, "png": path}``.
+    ``{"md": path, "csv": path, "png": path, "html": path}``.
     """
     title, columns, rows, notes = _validate(table)
     if not stem or stem in (".", "..") or os.sep in stem or (os.altsep and os.altsep in stem):
         raise ReportError(f"stem={stem!r}: expected a plain file name without a folder")
     out_dir = Path(out_dir)
-    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "png")}
+    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "png", "html")}
     md = _markdown(title, columns, rows, notes).encode("utf-8")
     csv = _csv(columns, rows).encode("utf-8")
+    png = _png_bytes(title, columns, rows)
+    page = html(table, overview=png).encode("utf-8")
     _atomic_write(paths["md"], lambda f: f.write(md))
     _atomic_write(paths["csv"], lambda f: f.write(csv))
-    _atomic_write(paths["png"], lambda f: _png(title, columns, rows, f))
+    _atomic_write(paths["png"], lambda f: f.write(png))
+    _atomic_write(paths["html"], lambda f: f.write(page))
     return {ext: str(path) for ext, path in paths.items()}
+
+
+def html(table: Table, overview: bytes | None = None) -> str:
+    """The table as one self-contained HTML page: title, table (the best value of each
+    column in bold), notes, the overview chart and one chart per metric, embedded.
+    ``overview``: the overview PNG when already drawn."""
+    import base64
+    from html import escape
+
+    title, columns, rows, notes = _validate(table)
+    if overview is None:
+        overview = _png_bytes(title, columns, rows)
+
+    def img(png: bytes, alt: str) -> str:
+        data = base64.b64encode(png).decode("ascii")
+        return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+
+    best = {c: max((r[c] for r in rows.values() if not math.isnan(r[c])), default=math.nan)
+            for c in columns}
+    head = "".join(f"<th>{escape(c)}</th>" for c in ["model", *columns])
+    body = []
+    for model, row in rows.items():
+        cells = [f'<th scope="row">{escape(model)}</th>']
+        for c in columns:
+            text = _fmt(row[c])
+            cells.append(f"<td><b>{text}</b></td>" if row[c] == best[c] else f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:60em}"
+        "table{border-collapse:collapse}th,td{padding:.25em .75em;border-bottom:1px solid #ccc}"
+        "td{text-align:right;font-variant-numeric:tabular-nums}th{text-align:left}"
+        "img{max-width:100%;display:block;margin:1em 0}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{escape(title)}</h1>",
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>",
+    ]
+    if notes:
+        out.append("<ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>")
+    out.append("<h2>All metrics</h2>")
+    out.append(img(overview, f"{title}: all metrics"))
+    for column in columns:
+        out.append(f"<h2>{escape(column)}</h2>")
+        out.append(img(_png_bytes(f"{title}: {column}", [column], rows), column))
+    out += ["</body>", "</html>"]
+    return "\n".join(out) + "\n"
+
+
+def _png_bytes(title: str, columns: list[str], rows: dict) -> bytes:
+    buf = io.BytesIO()
+    _png(title, columns, rows, buf)
+    return buf.getvalue()
 
 
 def format_text(table: Table) -> str:
@@ -144,7 +210,7 @@ def _csv(columns: list[str], rows: dict) -> str:
     return frame.to_csv(index=False, lineterminator="\n")
 
 
-def _png(title: str, columns: list[str], rows: dict, out: io.BufferedWriter) -> None:
+def _png(title: str, columns: list[str], rows: dict, out: io.BufferedIOBase) -> None:
     """Grouped horizontal bars: one group per model, one bar per column, first model on top."""
     import matplotlib.style
     import numpy as np

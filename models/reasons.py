@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from core.constants import NO_REASON_ITEM
 from models.funnel import Ranked
 from models.generators import SOURCES
 from models.rerank import RerankConfig, Rules, rerank
@@ -21,19 +22,20 @@ from models.signals import Signals
 
 def reason_for(sig: Signals, user: int, item: int, source: int,
                titles, sim: np.ndarray | None) -> tuple[str, int]:
-    """(reason, reason_item_id or -1) for one recommended item."""
+    """(reason, reason_item_id) for one recommended item; ``NO_REASON_ITEM`` (-1) when the
+    reason names no item (the reader and the analyst view answer null for it)."""
     if source < 0:
-        return "Featured", -1
+        return "Featured", NO_REASON_ITEM
     name = SOURCES[source]
     cat = sig.category[item]
     cat_name = sig.category_names[cat] if cat >= 0 else None
     hist = sig.history[user]
     if name == "trending" and cat_name:
-        return f"Trending in {cat_name}", -1
+        return f"Trending in {cat_name}", NO_REASON_ITEM
     if name == "new" and cat_name:
-        return f"New in {cat_name}", -1
+        return f"New in {cat_name}", NO_REASON_ITEM
     if name == "country" and sig.user_country is not None and sig.user_country[user] >= 0:
-        return f"Popular in {sig.country_names[sig.user_country[user]]}", -1
+        return f"Popular in {sig.country_names[sig.user_country[user]]}", NO_REASON_ITEM
     if len(hist) and sim is not None and sim.max() > 0:
         best = int(hist[int(np.argmax(sim))])
         iid = int(sig.item_ids[best])
@@ -42,8 +44,8 @@ def reason_for(sig: Signals, user: int, item: int, source: int,
             return f"Similar to {title}", iid
         return f"Because you watched {title}", iid
     if name == "trending":
-        return "Trending now", -1
-    return "Recommended for you", -1
+        return "Trending now", NO_REASON_ITEM
+    return "Recommended for you", NO_REASON_ITEM
 
 
 def history_similarity(sig: Signals, user: int, items: np.ndarray,
@@ -114,7 +116,7 @@ def _final_lists(sig: Signals, ranked: Ranked, titles: pd.Series, k: int, *,
             why = [reason_for(sig, u, i, s, titles, m)
                    for i, s, m in zip(items, source, sims, strict=True)]
         else:
-            why = [("", -1)] * len(items)
+            why = [("", NO_REASON_ITEM)] * len(items)
         records.append((int(sig.user_ids[u]), sig.item_ids[items].astype("int64"),
                         scores.astype("float32"), [w[0] for w in why],
                         np.array([w[1] for w in why], "int64"),

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg2
 from flask import Flask, Response, current_app, g, jsonify, request
 
 from core import settings as settings_mod
@@ -114,6 +115,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["recs"] = svc
 
     from serve.admin import bp as admin_bp
+    from serve.docs import bp as docs_bp
     from serve.events import bp as events_bp
     from serve.openapi import document
     from serve.recommendations import bp as recommendations_bp
@@ -121,6 +123,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(recommendations_bp)
     app.register_blueprint(events_bp)
     app.register_blueprint(admin_bp)
+    app.register_blueprint(docs_bp)
     errors.register(app)
 
     @app.before_request
@@ -162,7 +165,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     @app.get("/metrics")
     def prometheus():
-        return Response(metrics.render(), mimetype=None, content_type=PROMETHEUS_TYPE)
+        return Response(metrics.render(_live_gauges(store)), mimetype=None,
+                        content_type=PROMETHEUS_TYPE)
 
     openapi_doc = document(settings, read_keys)
 
@@ -171,6 +175,27 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         return jsonify(openapi_doc)
 
     return app
+
+
+LIVE_GAUGES_SQL = """
+SELECT extract(epoch FROM s.switched_at)::float8, extract(epoch FROM m.data_until)::float8
+FROM serving_state s LEFT JOIN model_runs m ON m.model_version = s.live_version
+WHERE s.live_version IS NOT NULL
+"""
+
+
+def _live_gauges(store: Store) -> dict[str, float]:
+    """The live version's publish time and data end (serve/metrics.py); none while the
+    database is unreachable or no version is live."""
+    try:
+        row = store.fetchone(LIVE_GAUGES_SQL)
+    except (DatabaseUnavailable, psycopg2.Error):
+        return {}
+    if row is None:
+        return {}
+    names = ("recs_live_version_published_timestamp_seconds",
+             "recs_live_data_until_timestamp_seconds")
+    return {n: float(v) for n, v in zip(names, row, strict=True) if v is not None}
 
 
 def _configure_logging(app: Flask) -> None:

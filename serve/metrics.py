@@ -19,6 +19,11 @@ Metrics:
 - ``recs_events_total{outcome}``: ``stored``, ``duplicate``, ``rejected``, ``unavailable``
 - ``recs_auth_failures_total{reason}``: ``missing``, ``invalid``, ``revoked``, ``scope``
 - ``recs_rate_limited_total{scope}``: requests refused (429) for their key's rate
+- ``recs_live_version_published_timestamp_seconds``: when the live version was switched in
+  (``serving_state.switched_at``, Unix seconds); the publish age is ``time() - it``
+- ``recs_live_data_until_timestamp_seconds``: the end of the live version's data (the
+  newest events its lists saw); both gauges are read from the database when scraped and
+  left out while it is unreachable or no version is live
 
 Every label value comes from a fixed set, never from the request as sent: ``endpoint`` is
 the matched route's pattern (``unmatched`` otherwise), ``method`` one of
@@ -51,6 +56,10 @@ HELP = {
     "recs_events_total": ("counter", "Posted events by outcome"),
     "recs_auth_failures_total": ("counter", "Requests refused for their API key"),
     "recs_rate_limited_total": ("counter", "Requests refused (429) for their API key's rate"),
+    "recs_live_version_published_timestamp_seconds": (
+        "gauge", "When the live version was switched in, Unix seconds"),
+    "recs_live_data_until_timestamp_seconds": (
+        "gauge", "End of the live version's data (newest events its lists saw), Unix seconds"),
 }
 
 Labels = tuple[tuple[str, str], ...]
@@ -147,8 +156,10 @@ class Metrics:
 
     # -- exposition --
 
-    def render(self) -> str:
-        """Prometheus text format (0.0.4), summed over all workers' snapshots."""
+    def render(self, gauges: dict[str, float] | None = None) -> str:
+        """Prometheus text format (0.0.4), summed over all workers' snapshots; ``gauges``
+        (name -> value, the same for every worker) are written as they are."""
+        gauges = gauges or {}
         counters: dict[tuple[str, Labels], float] = {}
         hists: dict[tuple[str, Labels], list[float]] = {}
         for snap in self._all_snapshots():
@@ -164,7 +175,10 @@ class Metrics:
         for name, (kind, text) in HELP.items():
             lines.append(f"# HELP {name} {text}")
             lines.append(f"# TYPE {name} {kind}")
-            if kind == "counter":
+            if kind == "gauge":
+                if name in gauges:
+                    lines.append(f"{name} {_num(gauges[name])}")
+            elif kind == "counter":
                 for (n, labels), value in sorted(counters.items()):
                     if n == name:
                         lines.append(f"{name}{_fmt(labels)} {_num(value)}")

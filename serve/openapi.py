@@ -292,6 +292,23 @@ def document(settings: Settings, read_keys_required: bool = True) -> dict[str, A
                 "operationId": "openapi", "summary": "This document",
                 "responses": {"200": _json({"type": "object"}, "the OpenAPI document"),
                               "405": _error("method not allowed", ALLOW)}}},
+            "/docs": {"get": {
+                "operationId": "docsPage",
+                "summary": "This document as an interactive page (Swagger UI, served here)",
+                "responses": {"200": {"description": "the page",
+                                      "content": {"text/html": {"schema": {
+                                          "type": "string"}}}},
+                              "405": _error("method not allowed", ALLOW)}}},
+            "/docs/{name}": {"get": {
+                "operationId": "docsAsset",
+                "summary": "A file of the interactive page (scripts, styles, icons)",
+                "parameters": [{"name": "name", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the file", "content": {
+                                  media: {"schema": {"type": "string"}}
+                                  for media in ("text/css", "text/javascript", "image/png")}},
+                              "404": _error("no such file; error.field is name"),
+                              "405": _error("method not allowed", ALLOW)}}},
         },
         "components": {
             "schemas": schemas(settings),

@@ -45,6 +45,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from core.constants import NO_REASON_ITEM
 from core.db import libpq_dsn
 from serve.apikeys import LOOKUP_SQL as LOOKUP_KEY_SQL
 
@@ -684,7 +685,9 @@ class Store:
             items=items,
             scores=scores or [],
             reasons=reasons or [],
-            reason_item_ids=reason_ids or [],
+            # The arrays' sentinel for a reason without an item is null to clients.
+            reason_item_ids=[None if r is None or r == NO_REASON_ITEM else r
+                             for r in reason_ids or []],
             history_tail=tail or [],
             recent=recent or [],
             anchors=[Anchor(int(a["item_id"]), a["title"], [int(x) for x in a["items"] or []],

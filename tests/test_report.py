@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import io
 import math
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -28,13 +31,15 @@ def table() -> report.Table:
     }
 
 
-def test_writes_three_files_and_returns_their_paths(table, tmp_path):
+def test_writes_four_files_and_returns_their_paths(table, tmp_path):
     out = tmp_path / "reports" / "dt=2024-01-01"  # created if missing
     paths = report.write(table, out)
-    assert paths == {ext: str(out / f"evaluation.{ext}") for ext in ("md", "csv", "png")}
+    assert paths == {ext: str(out / f"evaluation.{ext}")
+                     for ext in ("md", "csv", "png", "html")}
     assert all(Path(p).is_file() for p in paths.values())
     assert sorted(p.name for p in out.iterdir()) == [
         "evaluation.csv",
+        "evaluation.html",
         "evaluation.md",
         "evaluation.png",
     ]  # no temporary file left behind
@@ -85,8 +90,65 @@ def test_rerun_writes_identical_files(table, tmp_path):
     assert second["md"] == first["md"]
     assert second["csv"] == first["csv"]
     assert second["png"] == first["png"]  # no timestamp or software stamp in the PNG
+    assert second["html"] == first["html"]
     other = report.write(table, tmp_path / "again")
     assert Path(other["png"]).read_bytes() == first["png"]
+
+
+class _Page(HTMLParser):
+    """Tags, attributes and text of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        if data.strip():
+            self.text.append(data.strip())
+
+
+def test_html_is_one_page_with_the_table_and_its_plots(table, tmp_path):
+    import matplotlib.image as mpimg
+
+    paths = report.write(table, tmp_path)
+    page_text = Path(paths["html"]).read_text()
+    page = _Page()
+    page.feed(page_text)
+    # One file: no script, no stylesheet link, nothing fetched from elsewhere.
+    assert not [t for t, _ in page.tags if t in ("script", "link", "iframe")]
+    refs = [a.get("src") or a.get("href") for _, a in page.tags if "src" in a or "href" in a]
+    assert refs and all(r.startswith("data:image/png;base64,") for r in refs)
+    assert "http" not in page_text
+    # The plots: the overview (the same bytes as the .png) and one per metric, each a PNG.
+    images = [base64.b64decode(r.split(",", 1)[1]) for r in refs]
+    assert len(images) == 1 + len(table["columns"])
+    assert images[0] == Path(paths["png"]).read_bytes()
+    for png in images:
+        assert png[:8] == PNG_SIGNATURE
+        pixels = mpimg.imread(io.BytesIO(png), format="png")
+        assert pixels.min() < pixels.max()
+    assert len(set(images)) == len(images)
+    # The table: every model, every shown value, the notes; the best of a column bold.
+    assert "Protocol split, k=10" in page.text
+    for model, row in table["rows"].items():
+        assert model in page.text
+        for column in table["columns"]:
+            assert f"{row[column]:.4f}" in page.text
+    assert "<td><b>0.1235</b></td>" in page_text and "<td><b>9.5000</b></td>" in page_text
+    assert "0.7000" not in page_text
+    assert {"ALS beats popularity by 0.1 NDCG", "same 610 test users"} <= set(page.text)
+
+
+def test_html_escapes_names(table, tmp_path):
+    table["rows"]["<b>x</b> & y"] = table["rows"].pop("popularity")
+    table["notes"] = ["a <script>alert(1)</script> note"]
+    text = report.html(table)
+    assert "<script>" not in text and "&lt;script&gt;" in text
+    assert "&lt;b&gt;x&lt;/b&gt; &amp; y" in text
 
 
 def test_format_text_is_aligned(table):
