@@ -20,6 +20,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,28 +43,102 @@ class PublishError(RuntimeError):
     """A version failed a publish check; nothing was switched."""
 
 
+# Rows of the recommendations read, checked and copied at a time: memory stays bounded
+# whatever the number of users (the lists are streamed from the lake's Parquet).
+BATCH_ROWS = 20_000
+
+
+def list_units(path: str | Path) -> list[tuple[str, int]]:
+    """(file, row group) of the recommendations in the lake (a Parquet file, or a folder
+    of part files as the Spark funnel writes), in a stable order: the units of work of
+    the checks and of the COPY streams."""
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(
+        f for f in p.glob("*.parquet") if not f.name.startswith((".", "_")))
+    return [(str(f), g) for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
+
+
+def list_batches(units: list[tuple[str, int]], batch_rows: int = BATCH_ROWS
+                 ) -> Iterator[pd.DataFrame]:
+    """The rows of ``units`` as frames of at most ``batch_rows`` rows."""
+    import pyarrow.parquet as pq
+
+    for f, g in units:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, row_groups=[g]):
+            yield batch.to_pandas()
+
+
+class ListChecks:
+    """The checks on the recommendations, fed a batch at a time (:meth:`add`): coverage
+    of the users with pairs, no duplicate item in a list, finite scores, no consumed item.
+    The consumed pairs are held as two sorted integer arrays (16 bytes a pair)."""
+
+    def __init__(self, pairs: pd.DataFrame) -> None:
+        u = pairs["user_id"].to_numpy("int64")
+        i = pairs["item_id"].to_numpy("int64")
+        order = np.lexsort((i, u))
+        self._u, self._i = u[order], i[order]
+        self.users = int(len(np.unique(self._u)))
+        self.rows = self.with_list = self.duplicates = self.non_finite = self.leaked = 0
+
+    def add(self, recs: pd.DataFrame) -> None:
+        self.rows += len(recs)
+        self.with_list += int((recs["items"].map(len) > 0).sum())
+        self.duplicates += int(recs["items"].map(lambda a: len(a) != len(set(a.tolist())))
+                               .sum())
+        self.non_finite += int(recs["scores"].map(lambda a: not np.isfinite(a).all()).sum())
+        lo = np.searchsorted(self._u, recs["user_id"].to_numpy("int64"), "left")
+        hi = np.searchsorted(self._u, recs["user_id"].to_numpy("int64"), "right")
+        for a, b, items in zip(lo, hi, recs["items"], strict=True):
+            if b > a and np.isin(np.asarray(items, "int64"), self._i[a:b]).any():
+                self.leaked += 1
+
+    def result(self, sims: pd.DataFrame, min_coverage: float = 0.99) -> dict:
+        """The figures, or PublishError naming the first check that failed."""
+        coverage = self.with_list / max(self.users, 1)
+        if coverage < min_coverage:
+            raise PublishError(f"coverage {coverage:.3f} of users with a list is below "
+                               f"{min_coverage}")
+        sims_dup = int(sims["items"].map(lambda a: len(a) != len(set(a.tolist()))).sum())
+        sims_bad = int(sims["scores"].map(lambda a: not np.isfinite(a).all()).sum())
+        for name, dup, bad in (("recommendations", self.duplicates, self.non_finite),
+                               ("similar_items", sims_dup, sims_bad)):
+            if dup:
+                raise PublishError(f"{name}: duplicate items in {dup} lists")
+            if bad:
+                raise PublishError(f"{name}: non-finite scores in {bad} lists")
+        if self.leaked:
+            raise PublishError(f"recommendations: {self.leaked} lists contain consumed items")
+        return {"users": self.users, "users_with_list": self.with_list,
+                "coverage": round(coverage, 4)}
+
+
 def validate(recs: pd.DataFrame, sims: pd.DataFrame, pairs: pd.DataFrame,
              min_coverage: float = 0.99) -> dict:
-    """Checks on the lists before anything is written. Raises PublishError."""
-    users = pairs["user_id"].nunique()
-    with_list = int((recs["items"].map(len) > 0).sum())
-    coverage = with_list / max(users, 1)
-    if coverage < min_coverage:
-        raise PublishError(f"coverage {coverage:.3f} of users with a list is below "
-                           f"{min_coverage}")
-    for name, frame in (("recommendations", recs), ("similar_items", sims)):
-        dup = frame["items"].map(lambda a: len(a) != len(set(a.tolist())))
-        if dup.any():
-            raise PublishError(f"{name}: duplicate items in {int(dup.sum())} lists")
-        bad = frame["scores"].map(lambda a: not np.isfinite(a).all())
-        if bad.any():
-            raise PublishError(f"{name}: non-finite scores in {int(bad.sum())} lists")
-    consumed = pairs.groupby("user_id")["item_id"].apply(set)
-    leaked = sum(1 for u, items in zip(recs["user_id"], recs["items"], strict=True)
-                 if consumed.get(u) and not consumed[u].isdisjoint(items.tolist()))
-    if leaked:
-        raise PublishError(f"recommendations: {leaked} lists contain consumed items")
-    return {"users": int(users), "users_with_list": with_list, "coverage": round(coverage, 4)}
+    """Checks on the lists before anything is written (:class:`ListChecks` on one
+    frame). Raises PublishError."""
+    checks = ListChecks(pairs)
+    checks.add(recs)
+    return checks.result(sims, min_coverage)
+
+
+def check_lake_lists(units: list[tuple[str, int]], sims: pd.DataFrame, pairs: pd.DataFrame,
+                     blocked: frozenset[int]) -> tuple[dict, int]:
+    """:class:`ListChecks` over the lake's recommendations a batch at a time, blocked
+    items taken out first (as the COPY will); returns (figures, entries blocked) with the
+    rows to publish under ``rows``."""
+    from jobs import rules as rules_mod
+
+    checks, removed = ListChecks(pairs), 0
+    for batch in list_batches(units):
+        batch, n = rules_mod.drop_blocked_lists(batch, blocked)
+        removed += n
+        checks.add(batch)
+    out = checks.result(sims)
+    out["rows"] = checks.rows
+    return out, removed
 
 
 def _trending_frame(lists: pd.DataFrame) -> pd.DataFrame:
@@ -95,6 +170,74 @@ def _copy_frame(cur, table: str, columns: list[str], frame: pd.DataFrame, versio
 
     db.copy_rows(cur, table, columns, rows())
     return len(frame)
+
+
+def _copy_lake_lists(cur, table: str, units: list[tuple[str, int]], blocked: frozenset[int],
+                     version: str, computed_at: dt.datetime) -> int:
+    """COPY the lake's recommendations of ``units`` into ``table``, a batch at a time,
+    without the blocked items."""
+    from jobs import rules as rules_mod
+
+    n = 0
+    for batch in list_batches(units):
+        batch, _ = rules_mod.drop_blocked_lists(batch, blocked)
+        n += _copy_frame(cur, table, LIST_TABLES["recommendations"], batch, version,
+                         computed_at)
+    return n
+
+
+def _copy_stream(dsn: str, table: str, units: list[tuple[str, int]], blocked: frozenset[int],
+                 version: str, computed_at: dt.datetime) -> int:
+    """One COPY stream of a parallel publish (a worker process): its share of the units
+    into ``table`` on its own connection, committed when done."""
+    conn = db.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            return _copy_lake_lists(cur, table, units, blocked, version, computed_at)
+    finally:
+        conn.close()
+
+
+def copy_streams(dsn: str, table: str, units: list[tuple[str, int]], blocked: frozenset[int],
+                 version: str, computed_at: dt.datetime, streams: int) -> int:
+    """COPY the lake's recommendations into ``table`` over ``streams`` connections, each
+    in its own process (the COPY text is encoded in Python: one process per stream),
+    units dealt round-robin. Returns the rows copied."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    shares = [units[k::streams] for k in range(streams)]
+    shares = [sh for sh in shares if sh]
+    with ProcessPoolExecutor(len(shares),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_copy_stream, dsn, table, sh, blocked, version, computed_at)
+                   for sh in shares]
+        return sum(f.result() for f in futures)
+
+
+def _stage_hashed(dsn: str, version: str, suffix: str, streams: int) -> str:
+    """Create (and commit) the staged recommendations table of a parallel publish: hash
+    sub-partitions by user, one per stream, marked as staged so that a publish that dies
+    before its switch leaves them to the next publish's housekeeping. Returns its name."""
+    new = f"recommendations_{suffix}"
+    with db.transaction(dsn) as cur:
+        cur.execute(f"CREATE TABLE {new} (LIKE recommendations INCLUDING DEFAULTS) "
+                    "PARTITION BY HASH (user_id)")
+        cur.execute(f"COMMENT ON TABLE {new} IS %s", (STAGED_COMMENT + version,))
+        for k in range(streams):
+            cur.execute(f"CREATE TABLE {new}_h{k} PARTITION OF {new} FOR VALUES WITH "
+                        f"(MODULUS {streams}, REMAINDER {k})")
+    return new
+
+
+def _drop_staged(dsn: str, name: str) -> None:
+    """Best effort: drop a staged table of a failed publish (housekeeping retries)."""
+    try:
+        with db.transaction(dsn) as cur:
+            cur.execute("SET LOCAL lock_timeout = 2000")
+            cur.execute(f"DROP TABLE IF EXISTS {name}")
+    except Exception as exc:  # noqa: BLE001 - the next publish's housekeeping drops it
+        log.warning("staged %s not dropped now (%s); the next publish drops it", name, exc)
 
 
 def _suffix(version: str) -> str:
@@ -153,7 +296,7 @@ def run(version: str, *, lists: dict, trending_path: str, popularity_path: str,
         else switch_budget_s
     retire_wait_s = s.publish_retire_wait_s if retire_wait_s is None else retire_wait_s
     t0 = time.perf_counter()
-    recs = pd.read_parquet(lists["recommendations"])
+    units = list_units(lists["recommendations"])
     sims = pd.read_parquet(lists["similar"])
     trending = _trending_frame(pd.read_parquet(trending_path))
     pairs = pd.read_parquet(pairs_path, columns=["user_id", "item_id"])
@@ -162,6 +305,7 @@ def run(version: str, *, lists: dict, trending_path: str, popularity_path: str,
     conn = db.connect(dsn)
     copied: dict[str, int] = {}
     copy_s = 0.0
+    staged, switched, streams = None, False, 1
     try:
         with db.advisory_lock(conn, PUBLISH_LOCK):
             # 0. What an earlier run left: pending detaches, detached tables, old versions
@@ -180,16 +324,28 @@ def run(version: str, *, lists: dict, trending_path: str, popularity_path: str,
                 dates = _versions_dates(cur, version, live)
                 blocked = rules_mod.blocked_items(conn, s.rules_file or None)
             if _backward(dates.get(version), dates.get(live)):
-                return _not_forward(dsn, version, live, dates, validate(recs, sims, pairs))
+                checks, _ = check_lake_lists(units, sims, pairs, frozenset())
+                checks.pop("rows")
+                return _not_forward(dsn, version, live, dates, checks)
             # Block rules hold in every published list (they may have changed since the
             # lists were computed).
-            recs, n_recs = rules_mod.drop_blocked_lists(recs, blocked)
             sims, n_sims = rules_mod.drop_blocked_lists(sims, blocked)
             trending, n_trend = rules_mod.drop_blocked_lists(trending, blocked)
-            checks = validate(recs, sims, pairs)
+            checks, n_recs = check_lake_lists(units, sims, pairs, blocked)
+            n_rows = checks.pop("rows")
             checks["blocked_removed"] = {"recommendations": n_recs, "similar_items": n_sims,
                                          "trending": n_trend}
-            frames = {"recommendations": recs, "similar_items": sims, "trending": trending}
+            frames = {"similar_items": sims, "trending": trending}
+            # Many users: the recommendations go over several COPY streams into hash
+            # sub-partitions, committed (as staged tables no reader sees) before the
+            # switch's transaction; few users: everything in that one transaction.
+            if s.publish_streams > 1 and n_rows >= s.publish_parallel_min_rows:
+                streams = s.publish_streams
+                staged = _stage_hashed(dsn or s.dsn, version, suffix, streams)
+                t_copy = time.perf_counter()
+                copied["recommendations"] = copy_streams(
+                    dsn or s.dsn, staged, units, blocked, version, computed_at, streams)
+                copy_s += time.perf_counter() - t_copy
             # 1. One transaction: COPY into fresh tables (nothing a reader can see), then
             # the switch. Any failure, or a lost connection, rolls all of it back.
             try:
@@ -197,16 +353,24 @@ def run(version: str, *, lists: dict, trending_path: str, popularity_path: str,
                     t_copy = time.perf_counter()
                     for table, columns in LIST_TABLES.items():
                         new = f"{table}_{suffix}"
-                        cur.execute(f"CREATE TABLE {new} (LIKE {table} INCLUDING DEFAULTS)")
-                        cur.execute(f"COMMENT ON TABLE {new} IS %s",
-                                    (STAGED_COMMENT + version,))
-                        copied[table] = _copy_frame(cur, new, columns, frames[table],
-                                                    version, computed_at)
+                        if new != staged:
+                            cur.execute(f"CREATE TABLE {new} (LIKE {table} "
+                                        "INCLUDING DEFAULTS)")
+                            cur.execute(f"COMMENT ON TABLE {new} IS %s",
+                                        (STAGED_COMMENT + version,))
+                            copied[table] = _copy_lake_lists(
+                                cur, new, units, blocked, version, computed_at) \
+                                if table == "recommendations" else \
+                                _copy_frame(cur, new, columns, frames[table], version,
+                                            computed_at)
                         cur.execute(f"ALTER TABLE {new} ADD CONSTRAINT {new}_v CHECK "
                                     f"(model_version = %s)", (version,))
                         cur.execute(f"ALTER TABLE {new} ADD PRIMARY KEY "
                                     f"(model_version, {KEYS[table]})")
-                    copy_s = time.perf_counter() - t_copy
+                    copy_s += time.perf_counter() - t_copy
+                    if copied["recommendations"] != n_rows:
+                        raise PublishError("recommendations: rows copied differ from the "
+                                           "rows checked")
                     for table in LIST_TABLES:
                         cur.execute(f"SELECT count(*) FROM {table}_{suffix}")
                         if cur.fetchone()[0] != copied[table]:
@@ -222,15 +386,19 @@ def run(version: str, *, lists: dict, trending_path: str, popularity_path: str,
                         switch_budget_s)
             except NotForward:
                 return _not_forward(dsn, version, live, None, checks)
+            switched = True
             # 2. Retire old versions after the switch, without blocking readers.
             retire = _retire(dsn or s.dsn, keep=keep, wait_s=retire_wait_s)
     finally:
         conn.close()
+        if staged is not None and not switched:
+            _drop_staged(dsn or s.dsn, staged)
     write_popular_snapshot(version, trending, lake_root or lake.root())
     rows = sum(copied.values())
     log.info("published %s: %s rows in %.1fs (COPY %.0f rows/s); %s", version, copied,
              time.perf_counter() - t0, rows / max(copy_s, 1e-9), retire)
     return {"version": version, "live": True, "rows": copied, "checks": checks,
+            "copy_streams": streams,
             "switch": switch, "retired": retire["retired"], "retire_pending":
             retire["pending"], "copy_rows_per_s": round(rows / max(copy_s, 1e-9), 1)}
 
@@ -423,7 +591,7 @@ def _retire_steps(cur, keep: int, retired: list[str], pending: list[str],
     # (2) tables a publish made that are no partition (detached, not dropped).
     cur.execute("""SELECT c.oid::regclass::text FROM pg_class c
                    JOIN pg_namespace n ON n.oid = c.relnamespace
-                   WHERE n.nspname = current_schema() AND c.relkind = 'r'
+                   WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
                      AND NOT c.relispartition
                      AND obj_description(c.oid, 'pg_class') LIKE %s""",
                 (STAGED_COMMENT + "%",))

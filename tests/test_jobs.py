@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from core import db
+from core import settings as settings_mod
 from jobs import extract, publish
 from jobs.item_stats import build_lists
 from models import popularity as pop
@@ -247,6 +248,84 @@ def test_publish_switches_keeps_the_previous_version_and_retires_older(settings,
     assert snapshot["model_version"] == "v3" and snapshot["items"][0]["item_id"] == 1
 
 
+def _many_lists(tmp_path, n_users: int, files: int) -> tuple[Path, pd.DataFrame]:
+    """Seeded lists of ``n_users`` users as a folder of ``files`` Parquet part files
+    (the Spark funnel's output shape), and their pairs."""
+    rng = np.random.default_rng(5)
+    users = np.arange(100, 100 + n_users)
+    items = [rng.choice(np.arange(1, 60), 5, replace=False) for _ in users]
+    recs = pd.DataFrame({"user_id": users, "items": items,
+                         "scores": [np.linspace(1, 0.5, 5).astype("float32")] * n_users,
+                         "reasons": [["Because you watched X"] * 5] * n_users,
+                         "reason_item_ids": [np.array([70] * 5, dtype="int64")] * n_users,
+                         "history_tail": [np.array([70], dtype="int64")] * n_users})
+    folder = tmp_path / "lists_many"
+    folder.mkdir()
+    for k, part in enumerate(np.array_split(np.arange(n_users), files)):
+        recs.iloc[part].to_parquet(folder / f"part-{k:05d}.parquet", row_group_size=300)
+    (folder / "_SUCCESS").write_text("")
+    return folder, pd.DataFrame({"user_id": users, "item_id": 70})
+
+
+def test_parallel_publish_streams_into_hash_sub_partitions_the_same_rows(
+        settings, tmp_path, monkeypatch):
+    """Above RECS_PUBLISH_PARALLEL_MIN_ROWS the recommendations go over several COPY
+    connections into a hash-partitioned staged table: the live lists are those of a
+    one-stream publish of the same lake lists, a blocked item leaves every list, and a
+    publish that fails after the streams leaves nothing staged."""
+    dsn = settings.dsn
+    _sql(dsn, "INSERT INTO items (item_id, title) SELECT g, 'I' || g FROM "
+              "generate_series(1, 70) g")
+    folder, pairs = _many_lists(tmp_path, 2_000, files=3)
+    args = _stage(tmp_path, "one", dsn, logical_date=DAY)
+    pairs.to_parquet(args["pairs_path"])
+    args["lists"]["recommendations"] = str(folder)
+    one = publish.run("one", dsn=dsn, lake_root=tmp_path / "lake", **args)
+    assert one["copy_streams"] == 1 and one["rows"]["recommendations"] == 2_000
+    expected = _sql(dsn, "SELECT user_id, items, scores, reasons FROM recommendations "
+                         "WHERE model_version = 'one' ORDER BY user_id")
+
+    monkeypatch.setenv("RECS_PUBLISH_STREAMS", "3")
+    monkeypatch.setenv("RECS_PUBLISH_PARALLEL_MIN_ROWS", "1000")
+    monkeypatch.setattr(settings_mod, "_cached", None)
+    args2 = _stage(tmp_path, "many", dsn, logical_date=DAY + dt.timedelta(days=1))
+    pairs.to_parquet(args2["pairs_path"])
+    args2["lists"]["recommendations"] = str(folder)
+    out = publish.run("many", dsn=dsn, lake_root=tmp_path / "lake", **args2)
+    assert out["copy_streams"] == 3 and out["rows"]["recommendations"] == 2_000
+    assert _sql(dsn, "SELECT live_version FROM serving_state") == [("many",)]
+    assert _sql(dsn, "SELECT user_id, items, scores, reasons FROM recommendations "
+                     "WHERE model_version = 'many' ORDER BY user_id") == expected
+    # Each stream's rows landed in the hash sub-partitions of the version's partition.
+    subs = _sql(dsn, """SELECT c.relname FROM pg_inherits i
+                        JOIN pg_class c ON c.oid = i.inhrelid AND c.relkind = 'r'
+                        JOIN pg_class p ON p.oid = i.inhparent
+                        WHERE p.relname LIKE 'recommendations_many%%' ORDER BY 1""")
+    counts = [_sql(dsn, f"SELECT count(*) FROM {name}")[0][0] for (name,) in subs]
+    assert len(counts) == 3 and min(counts) > 0 and sum(counts) == 2_000, counts
+    assert _staged_tables(dsn) == []
+
+    # A blocked item leaves every list; a bad row, refused by the database in one
+    # stream, fails the publish and leaves nothing staged.
+    _sql(dsn, "INSERT INTO rerank_rules (kind, value) VALUES ('block_item', '7')")
+    bad = pd.read_parquet(folder / "part-00002.parquet")
+    bad.at[bad.index[3], "reasons"] = ["Because \x00 X"] * 5
+    bad.to_parquet(folder / "part-00002.parquet", row_group_size=300)
+    args3 = _stage(tmp_path, "bad", dsn, logical_date=DAY + dt.timedelta(days=2))
+    pairs.to_parquet(args3["pairs_path"])
+    args3["lists"]["recommendations"] = str(folder)
+    with pytest.raises(Exception, match="0x00"):
+        publish.run("bad", dsn=dsn, lake_root=tmp_path / "lake", **args3)
+    assert _staged_tables(dsn) == []
+    assert _sql(dsn, "SELECT live_version FROM serving_state") == [("many",)]
+    bad.at[bad.index[3], "reasons"] = ["Because you watched X"] * 5
+    bad.to_parquet(folder / "part-00002.parquet", row_group_size=300)
+    out = publish.run("bad", dsn=dsn, lake_root=tmp_path / "lake", **args3)
+    assert out["checks"]["blocked_removed"]["recommendations"] > 0
+    assert _sql(dsn, "SELECT count(*) FROM recommendations WHERE model_version = 'bad' "
+                     "AND 7 = ANY(items)") == [(0,)]
+
+
 def test_publish_refuses_a_version_that_did_not_pass_the_gate(settings, tmp_path):
     args = _stage(tmp_path, "v9", settings.dsn)
     with db.transaction(settings.dsn) as cur:
@@ -270,7 +349,7 @@ def _staged_tables(dsn: str) -> list[str]:
     """Tables of the list tables' shape that are no partition (what a publish stages)."""
     return [r[0] for r in _sql(dsn, """
         SELECT c.relname FROM pg_class c
-        WHERE c.relkind = 'r' AND NOT c.relispartition
+        WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
           AND c.relname ~ '^(recommendations|similar_items|trending)_'""")]
 
 
