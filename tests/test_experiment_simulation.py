@@ -63,7 +63,7 @@ def test_ab_detects_a_planted_lift_with_the_expected_power():
 
 
 def test_aa_is_flagged_no_more_often_than_alpha():
-    reps, alpha, n = 1000, 0.05, 3000
+    reps, alpha, n = 600, 0.05, 3000
     rng = np.random.default_rng(3)
     flagged = {"welch": 0, "cuped": 0, "sequence": 0}
     for _ in range(reps):
