@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
