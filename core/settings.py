@@ -70,8 +70,10 @@ class Settings:
     publish_switch_budget_s: float = 120.0
     publish_retire_wait_s: float = 30.0
     # Versions of at least publish_parallel_min_rows users are copied over publish_streams
-    # COPY connections (one process each) into hash sub-partitions (jobs/publish.py).
-    publish_streams: int = 4
+    # COPY connections (one process each) into hash sub-partitions (jobs/publish.py);
+    # 0: half this machine's cores (each stream's encoder takes one, and a Postgres on the
+    # same machine the other), at most 8.
+    publish_streams: int = 0
     publish_parallel_min_rows: int = 200_000
     # Freshness (nearline and hourly DAGs).
     nearline_every_minutes: int = 5
@@ -185,7 +187,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "publish_lock_timeout_ms": (1, 600_000),
     "publish_switch_budget_s": (0.0, 86_400),
     "publish_retire_wait_s": (0.0, 86_400),
-    "publish_streams": (1, 64),
+    "publish_streams": (0, 64),
     "publish_parallel_min_rows": (0, 10**12),
     "nearline_every_minutes": (1, 1440),
     "nearline_chunk_users": (1, 10**7),

@@ -339,8 +339,9 @@ def run(version: str, *, lists: dict, trending_path: str, popularity_path: str,
             # Many users: the recommendations go over several COPY streams into hash
             # sub-partitions, committed (as staged tables no reader sees) before the
             # switch's transaction; few users: everything in that one transaction.
-            if s.publish_streams > 1 and n_rows >= s.publish_parallel_min_rows:
-                streams = s.publish_streams
+            wanted = s.publish_streams or min(8, max(1, (os.cpu_count() or 2) // 2))
+            if wanted > 1 and n_rows >= s.publish_parallel_min_rows:
+                streams = wanted
                 staged = _stage_hashed(dsn or s.dsn, version, suffix, streams)
                 t_copy = time.perf_counter()
                 copied["recommendations"] = copy_streams(
