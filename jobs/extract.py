@@ -49,6 +49,7 @@ CHUNK = 200_000
 # before its watermark for them.
 LATE_COMMIT_MARGIN = dt.timedelta(hours=1)
 EVENT_DAYS = "event_days"
+EXTRACT_LOCK = "recs_extract"  # one extract at a time
 
 
 def window(data_end: dt.datetime, window_days: int) -> tuple[dt.datetime | None, dt.datetime]:
@@ -144,7 +145,17 @@ def read_events(files: list[str], columns: list[str] | None = None):
     """The events of ``files`` (:func:`window_files`) as one frame, in file order."""
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(f, columns=columns) for f in files]
+    def read(f: str):
+        # A concurrent extract may be swapping this day's folder (two renames): retry.
+        for attempt in range(5):
+            try:
+                return pq.read_table(f, columns=columns)
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
+
+    tables = [read(f) for f in files]
     schema = EVENT_SCHEMA if columns is None else \
         pa.schema([EVENT_SCHEMA.field(c) for c in columns])
     table = pa.concat_tables(tables) if tables else schema.empty_table()
@@ -191,28 +202,31 @@ def run(day: dt.date, *, dsn: str | None = None, lake_root: Path | None = None,
             maintenance.ensure_ahead(dsn, day, ahead_days)
         except maintenance.Busy as exc:
             log.warning("partitions ahead not created: %s", exc)
-        state = _read_state(lake_root)
-        with conn.cursor() as cur:
-            cur.execute("SELECT clock_timestamp()")
-            run_start = cur.fetchone()[0]
-            todo = days_to_extract(cur, day, start, end, state, lake_days(lake_root),
-                                   late_margin)
-        conn.commit()
-        extracted = {}
-        for i, d in enumerate(todo, start=1):
-            extracted[d.isoformat()] = _extract_day(conn, d, lake_root)
-            log.info("extract: day %s, %d events (%d/%d days)", d, extracted[d.isoformat()],
-                     i, len(todo))
-        # Only a run that finished every day it found may move the watermark and the
-        # coverage.
-        covered = state.get("covered_from", "never")
-        if covered == "never" or (covered is not None and (
-                start is None or start < dt.datetime.fromisoformat(covered))):
-            covered = start.isoformat() if start else None
-        watermark = run_start if not state.get("watermark") else \
-            max(run_start, dt.datetime.fromisoformat(state["watermark"]))
-        _write_state(lake_root, {"watermark": watermark.isoformat(),
-                                 "covered_from": covered})
+        # Runs of several dates (a backfill) extract one at a time: they share the day
+        # folders and the watermark.
+        with db.advisory_lock(conn, EXTRACT_LOCK):
+            state = _read_state(lake_root)
+            with conn.cursor() as cur:
+                cur.execute("SELECT clock_timestamp()")
+                run_start = cur.fetchone()[0]
+                todo = days_to_extract(cur, day, start, end, state, lake_days(lake_root),
+                                       late_margin)
+            conn.commit()
+            extracted = {}
+            for i, d in enumerate(todo, start=1):
+                extracted[d.isoformat()] = _extract_day(conn, d, lake_root)
+                log.info("extract: day %s, %d events (%d/%d days)", d,
+                         extracted[d.isoformat()], i, len(todo))
+            # Only a run that finished every day it found may move the watermark and the
+            # coverage.
+            covered = state.get("covered_from", "never")
+            if covered == "never" or (covered is not None and (
+                    start is None or start < dt.datetime.fromisoformat(covered))):
+                covered = start.isoformat() if start else None
+            watermark = run_start if not state.get("watermark") else \
+                max(run_start, dt.datetime.fromisoformat(state["watermark"]))
+            _write_state(lake_root, {"watermark": watermark.isoformat(),
+                                     "covered_from": covered})
         with conn.cursor(name="extract_items") as cur, lake.atomic_dir(items_dir) as tmp:
             n_items = _dump(cur, "SELECT item_id, title, category, tags, created_at FROM items "
                                  "WHERE created_at < %s ORDER BY item_id", (end,),
