@@ -1,0 +1,204 @@
+"""The exposure log: every list the reader serves, written off the request path.
+
+A request puts one :class:`Exposure` on a bounded in-process queue (``put`` never waits:
+when the queue is full the row is dropped and counted). A background thread takes up to
+``batch`` rows at a time, at least every ``flush_s`` seconds, and writes them with one
+``COPY exposures FROM STDIN`` on its own connection (the reader's role, which may only
+INSERT into ``exposures``: sql/012_experiments.sql), so logging never takes a connection
+from the reads' pool. A batch that cannot be written (database down, a bad row) is
+dropped and counted; the thread backs off and goes on.
+
+Counters (serve/metrics.py), ``recs_exposures_total{outcome}``: ``served`` (rows put),
+``logged`` (rows committed), ``dropped`` (queue full, or a batch that failed). Once the
+queue is drained ``served == logged + dropped``. :func:`close_all` drains and stops every
+log of the process: gunicorn's ``worker_exit`` hook (serve/gunicorn.conf.py) and
+``atexit`` call it, so a worker that exits normally loses nothing it accepted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import io
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg2
+
+from serve.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("request_id", "served_at", "user_id", "endpoint", "experiment_key", "variant",
+           "model_version", "items", "propensities", "teams")
+COPY_SQL = f"COPY exposures ({', '.join(COLUMNS)}) FROM STDIN"
+CONNECT_TIMEOUT_S = 2
+# After a failed write, wait this long before the next (rows keep queueing meanwhile).
+RETRY_S = 1.0
+METRIC = "recs_exposures_total"
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """One served list: ``propensities`` and ``teams`` are parallel to ``items`` (or
+    None); ``endpoint`` is the list's type (``personalized``, ``similar``, ``trending``)."""
+
+    request_id: str
+    served_at: dt.datetime
+    user_id: int
+    endpoint: str
+    experiment_key: str | None
+    variant: str | None
+    model_version: str | None
+    items: tuple[int, ...]
+    propensities: tuple[float, ...] | None = None
+    teams: tuple[int, ...] | None = None
+
+
+def _text(value: str | None) -> str:
+    if value is None:
+        return "\\N"
+    return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
+
+
+def _array(values: Sequence | None, fmt=str) -> str:
+    if values is None:
+        return "\\N"
+    return "{" + ",".join(fmt(v) for v in values) + "}"
+
+
+def copy_line(e: Exposure) -> str:
+    """``e`` as a line of COPY's text format."""
+    return "\t".join((
+        e.request_id, e.served_at.isoformat(), str(int(e.user_id)), _text(e.endpoint),
+        _text(e.experiment_key), _text(e.variant), _text(e.model_version),
+        _array(e.items, lambda v: str(int(v))),
+        _array(e.propensities, lambda v: repr(float(v))),
+        _array(e.teams, lambda v: str(int(v))),
+    )) + "\n"
+
+
+class ExposureLog:
+    """A bounded queue of exposures and the thread that copies them into ``exposures``."""
+
+    def __init__(self, dsn: str, metrics: Metrics, maxsize: int = 10_000, batch: int = 1000,
+                 flush_s: float = 0.5) -> None:
+        self.dsn = dsn
+        self.metrics = metrics
+        self.batch = batch
+        self.flush_s = flush_s
+        self.queue: queue.Queue[Exposure] = queue.Queue(maxsize)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn = None
+        self._write_lock = threading.Lock()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="recs-exposures",
+                                            daemon=True)
+            self._thread.start()
+            _open.append(self)
+            _register_exit()
+
+    def put(self, exposure: Exposure) -> bool:
+        """Queue ``exposure`` without waiting; False (and counted) when it was dropped."""
+        self.metrics.inc(METRIC, outcome="served")
+        try:
+            self.queue.put_nowait(exposure)
+            return True
+        except queue.Full:
+            self.metrics.inc(METRIC, outcome="dropped")
+            return False
+
+    def _take(self, wait_s: float) -> list[Exposure]:
+        rows: list[Exposure] = []
+        try:
+            rows.append(self.queue.get(timeout=wait_s) if wait_s > 0
+                        else self.queue.get_nowait())
+        except queue.Empty:
+            return rows
+        while len(rows) < self.batch:
+            try:
+                rows.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return rows
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            rows = self._take(self.flush_s)
+            if rows and not self.write(rows):
+                self._stop.wait(RETRY_S)
+
+    def write(self, rows: list[Exposure]) -> bool:
+        """COPY ``rows`` in one transaction; on failure they are dropped and counted."""
+        with self._write_lock:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = psycopg2.connect(self.dsn, connect_timeout=CONNECT_TIMEOUT_S,
+                                                  application_name="recs-serve-exposures")
+                with self._conn, self._conn.cursor() as cur:
+                    cur.copy_expert(COPY_SQL, io.StringIO("".join(map(copy_line, rows))))
+            except (psycopg2.Error, OSError) as exc:
+                self.metrics.inc(METRIC, len(rows), outcome="dropped")
+                log.warning("exposure batch of %d rows dropped: %s", len(rows),
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+                if self._conn is not None:
+                    try:
+                        self._conn.close()
+                    except psycopg2.Error:
+                        pass
+                    self._conn = None
+                return False
+            self.metrics.inc(METRIC, len(rows), outcome="logged")
+            return True
+
+    def flush(self, timeout_s: float = 5.0) -> None:
+        """Write everything queued now (used at shutdown and by tests)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            rows = self._take(0)
+            if not rows:
+                return
+            self.write(rows)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread, then write what is left (at most ``timeout_s``)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self.flush(timeout_s)
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        if self in _open:
+            _open.remove(self)
+
+
+_open: list[ExposureLog] = []
+
+
+def close_all() -> None:
+    """Drain and stop every exposure log of this process (worker exit, atexit)."""
+    for exposure_log in list(_open):
+        try:
+            exposure_log.close()
+        except Exception:  # shutting down: never raise from an exit hook
+            log.exception("exposure log not flushed at exit")
+
+
+_registered = False
+
+
+def _register_exit() -> None:
+    """``close_all`` at exit, registered after the metrics' own exit dump (atexit runs
+    the last registered first), so the final counts include the last batch."""
+    global _registered
+    if not _registered:
+        atexit.register(close_all)
+        _registered = True
