@@ -1,12 +1,12 @@
 """The exposure log: every list the reader serves, written off the request path.
 
 A request puts one :class:`Exposure` on a bounded in-process queue (``put`` never waits:
-when the queue is full the row is dropped and counted). A background thread takes up to
-``batch`` rows at a time, at least every ``flush_s`` seconds, and writes them with one
-``COPY exposures FROM STDIN`` on its own connection (the reader's role, which may only
-INSERT into ``exposures``: sql/012_experiments.sql), so logging never takes a connection
-from the reads' pool. A batch that cannot be written (database down, a bad row) is
-dropped and counted; the thread backs off and goes on.
+when the queue is full the row is dropped and counted). A background thread gathers rows
+until it has ``batch`` of them or ``flush_s`` seconds have passed since the first, and
+writes them with one ``COPY exposures FROM STDIN`` on its own connection (the reader's
+role, which may only INSERT into ``exposures``: sql/012_experiments.sql), so logging
+never takes a connection from the reads' pool. A batch that cannot be written (database
+down, a bad row) is dropped and counted; the thread backs off and goes on.
 
 Counters (serve/metrics.py), ``recs_exposures_total{outcome}``: ``served`` (rows put),
 ``logged`` (rows committed), ``dropped`` (queue full, or a batch that failed). Once the
@@ -39,6 +39,8 @@ COPY_SQL = f"COPY exposures ({', '.join(COLUMNS)}) FROM STDIN"
 CONNECT_TIMEOUT_S = 2
 # After a failed write, wait this long before the next (rows keep queueing meanwhile).
 RETRY_S = 1.0
+# The writer thread looks at its stop flag at least this often.
+POLL_S = 0.1
 METRIC = "recs_exposures_total"
 
 
@@ -97,6 +99,8 @@ class ExposureLog:
         self._thread: threading.Thread | None = None
         self._conn = None
         self._write_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._pending = 0  # queued or being written
 
     def start(self) -> None:
         if self._thread is None:
@@ -110,24 +114,37 @@ class ExposureLog:
         """Queue ``exposure`` without waiting; False (and counted) when it was dropped."""
         self.metrics.inc(METRIC, outcome="served")
         try:
-            self.queue.put_nowait(exposure)
+            with self._count_lock:
+                self.queue.put_nowait(exposure)
+                self._pending += 1
             return True
         except queue.Full:
             self.metrics.inc(METRIC, outcome="dropped")
             return False
 
     def _take(self, wait_s: float) -> list[Exposure]:
+        """Up to ``batch`` rows: the first within ``wait_s``, then more until the batch is
+        full or ``wait_s`` has passed since the first (sooner when stopping)."""
         rows: list[Exposure] = []
         try:
-            rows.append(self.queue.get(timeout=wait_s) if wait_s > 0
+            rows.append(self.queue.get(timeout=min(wait_s, POLL_S)) if wait_s > 0
                         else self.queue.get_nowait())
         except queue.Empty:
             return rows
+        deadline = time.monotonic() + wait_s
         while len(rows) < self.batch:
             try:
                 rows.append(self.queue.get_nowait())
+                continue
             except queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stop.is_set():
                 break
+            try:
+                rows.append(self.queue.get(timeout=min(left, POLL_S)))
+            except queue.Empty:
+                continue
         return rows
 
     def _loop(self) -> None:
@@ -138,6 +155,13 @@ class ExposureLog:
 
     def write(self, rows: list[Exposure]) -> bool:
         """COPY ``rows`` in one transaction; on failure they are dropped and counted."""
+        try:
+            return self._write(rows)
+        finally:
+            with self._count_lock:
+                self._pending -= len(rows)
+
+    def _write(self, rows: list[Exposure]) -> bool:
         with self._write_lock:
             try:
                 if self._conn is None or self._conn.closed:
@@ -160,13 +184,18 @@ class ExposureLog:
             return True
 
     def flush(self, timeout_s: float = 5.0) -> None:
-        """Write everything queued now (used at shutdown and by tests)."""
+        """Return once every row put so far is written or dropped (at most ``timeout_s``):
+        rows still queued are written from this thread (shutdown, tests)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             rows = self._take(0)
-            if not rows:
-                return
-            self.write(rows)
+            if rows:
+                self.write(rows)
+                continue
+            with self._count_lock:
+                if self._pending <= 0:
+                    return
+            time.sleep(0.005)  # the writer thread holds a batch: wait for it
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the thread, then write what is left (at most ``timeout_s``)."""
