@@ -223,7 +223,9 @@ class ExperimentSet:
         return self._snapshot
 
     def route(self, user_id: int, at: dt.datetime | None = None) -> Route | None:
-        return route(self.get(), user_id, self.holdout, at)
+        """The user's route now (or at ``at``): experiments outside their
+        ``[starts_at, ends_at)`` at that time are left out."""
+        return route(self.get(), user_id, self.holdout, at or dt.datetime.now(dt.UTC))
 
     def pin(self, version: str | None) -> Pin | None:
         """The pin for ``version`` when it is still kept, else None."""

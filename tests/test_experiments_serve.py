@@ -219,6 +219,22 @@ def test_override_wins_over_hash_and_holdout(published, settings):
         close(app)
 
 
+def test_an_experiment_not_yet_started_routes_nobody(published, settings):
+    dsn = published
+    add_experiment(dsn, "exp-ab", AB_VARIANTS, salt=salt_where(7, 9))
+    sql(dsn, "UPDATE experiments SET starts_at = now() + interval '1 hour'")
+    app, client = reader(settings, dsn)
+    try:
+        body = client.get("/api/v1/recommendations/7?limit=3").get_json()
+        assert (body["experiment_id"], body["model_version"]) == (None, VERSION)
+        sql(dsn, "UPDATE experiments SET starts_at = now() - interval '1 hour'")
+        app.extensions["recs"].experiments.refresh()
+        body = client.get("/api/v1/recommendations/7?limit=3").get_json()
+        assert (body["experiment_id"], body["model_version"]) == ("exp-ab", V2)
+    finally:
+        close(app)
+
+
 # --- the exposure log --------------------------------------------------------------------
 
 def test_every_served_list_is_logged_with_its_fields(published, settings):
