@@ -73,6 +73,9 @@ def main() -> None:
     p.add_argument("--items", type=int, default=5_000)
     p.add_argument("--list-k", type=int, default=100)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--on-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an extra setting of the 'on' reader (diagnosis), e.g. "
+                        "RECS_EXPOSURE_QUEUE_MAX=1 to drop nearly every exposure")
     p.add_argument("--keep", action="store_true", help="keep the database")
     p.add_argument("--out", help="also write the result as JSON here")
     args = p.parse_args()
@@ -107,8 +110,9 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"off": [], "on": []}
     sent_on = 0
     try:
+        on_env = {**env, **dict(x.split("=", 1) for x in args.on_env)}
         with Gunicorn("serve.app:create_app()", {**env, "RECS_EXPERIMENTS_ENABLED": "0"}
-                      ) as off, Gunicorn("serve.app:create_app()", env) as on:
+                      ) as off, Gunicorn("serve.app:create_app()", on_env) as on:
             readers = {"off": off, "on": on}
             for reader in readers.values():  # pools, popular lists, caches
                 for path in personalized[:200]:
