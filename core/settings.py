@@ -100,6 +100,22 @@ class Settings:
     # How often each reader process re-reads the block rules (rerank_rules and the file):
     # a new block reaches every answer within this many seconds.
     blocks_refresh_s: float = 5.0
+    # Experiments in the reader (issue 13; serve/experiments.py, serve/exposures.py).
+    # experiments_enabled=0 turns routing, exploration and the exposure log off. Running
+    # experiments and overrides are re-read every experiments_refresh_s per process; a
+    # global holdout of experiment_holdout_fraction of users never sees a treatment.
+    # With probability exploration_rate the top exploration_top_k items of a served list
+    # are shown in a random order (propensities logged). Exposures wait on a queue of at
+    # most exposure_queue_max rows (beyond: dropped and counted), written in COPY batches
+    # of at most exposure_batch rows at least every exposure_flush_s seconds.
+    experiments_enabled: int = 1
+    experiments_refresh_s: float = 5.0
+    experiment_holdout_fraction: float = 0.01
+    exploration_rate: float = 0.05
+    exploration_top_k: int = 5
+    exposure_queue_max: int = 10_000
+    exposure_batch: int = 1000
+    exposure_flush_s: float = 0.5
     # The funnel (issue 3): generators, ranker, re-ranking.
     two_tower_epochs: int = 0  # 0: the model's default
     two_tower_text: int = 1  # 1: the item tower reads MiniLM text embeddings
@@ -206,6 +222,14 @@ _RANGES: dict[str, tuple[float, float]] = {
     "key_rate_per_s": (0.0, 1e6),
     "key_burst": (1, 10**7),
     "blocks_refresh_s": (0.1, 3600),
+    "experiments_enabled": (0, 1),
+    "experiments_refresh_s": (0.1, 3600),
+    "experiment_holdout_fraction": (0.0, 0.99),
+    "exploration_rate": (0.0, 1.0),
+    "exploration_top_k": (0, 100),
+    "exposure_queue_max": (1, 10**7),
+    "exposure_batch": (1, 100_000),
+    "exposure_flush_s": (0.01, 60.0),
     "two_tower_epochs": (0, 1000),
     "two_tower_text": (0, 1),
     "covisit_window": (1, 1000),

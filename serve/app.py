@@ -12,7 +12,11 @@ reads any user's list and, through "Because you watched X", their newest items);
 endpoints always need the ``admin`` scope.
 
 Every answer leaves out the blocked items (serve/blocks.py), re-read every
-``blocks_refresh_s``.
+``blocks_refresh_s``. Users are routed to the running experiments (serve/experiments.py,
+re-read every ``experiments_refresh_s``) and every list served for a user goes to the
+exposure log (serve/exposures.py), unless ``experiments_enabled=0``. ``test_config`` may
+carry ``EXPOSURE_THREAD_OFF`` (the log's writer thread is not started: rows stay queued
+until ``flush``).
 
 Run: ``gunicorn -c serve/gunicorn.conf.py "serve.app:create_app()"``.
 """
@@ -32,6 +36,8 @@ from core.settings import Settings, SettingsError
 from serve import auth, errors
 from serve.auth import KeyCache
 from serve.blocks import BlockSet
+from serve.experiments import ExperimentSet
+from serve.exposures import ExposureLog
 from serve.fallback import PopularCache, snapshot_path
 from serve.metrics import Metrics
 from serve.store import BACKOFF_S, LIVE_TTL_S, DatabaseUnavailable, Store
@@ -53,6 +59,9 @@ class Services:
     metrics: Metrics
     read_keys_required: bool
     events_key_required: bool
+    # None while experiments are off (settings.experiments_enabled = 0).
+    experiments: ExperimentSet | None = None
+    exposures: ExposureLog | None = None
 
     def require(self, scope: str):
         """The request's API key if it grants ``scope`` (else a 401/403/503 error)."""
@@ -110,8 +119,17 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         raise SettingsError(f"RECS_RULES_FILE: {exc}") from None
     metrics = Metrics(os.environ.get("RECS_METRICS_DIR") or None)
     metrics.start()
+    experiments = exposures = None
+    if settings.experiments_enabled:
+        experiments = ExperimentSet(store, settings.experiment_holdout_fraction,
+                                    settings.experiments_refresh_s)
+        experiments.refresh()  # the database may be down: the set fills once it answers
+        exposures = ExposureLog(settings.reader_dsn, metrics, settings.exposure_queue_max,
+                                settings.exposure_batch, settings.exposure_flush_s)
+        if not test_config.pop("EXPOSURE_THREAD_OFF", False):
+            exposures.start()
     svc = Services(settings, store, popular, blocks, KeyCache(store, key_ttl_s), metrics,
-                   read_keys, events_key)
+                   read_keys, events_key, experiments, exposures)
     app.extensions["recs"] = svc
 
     from serve.admin import bp as admin_bp

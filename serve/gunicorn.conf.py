@@ -55,3 +55,11 @@ def post_worker_init(worker):
 
     gc.collect()
     gc.freeze()
+
+
+def worker_exit(server, worker):
+    # Write the exposures still queued before the worker goes (serve/exposures.py; atexit
+    # does the same outside gunicorn).
+    from serve import exposures
+
+    exposures.close_all()

@@ -14,9 +14,13 @@ Metrics:
 - ``recs_http_request_duration_seconds{endpoint}`` (histogram)
 - ``recs_fallbacks_total{endpoint,cause}``: answers not made of the live version's
   requested list; cause is ``database_unavailable``, ``statement_timeout``,
-  ``backing_off``, ``database_error``, ``previous_version``, ``no_live_version`` or
-  ``missing_list``
+  ``backing_off``, ``database_error``, ``previous_version``, ``no_live_version``,
+  ``missing_list`` or ``experiment_version_gone``
 - ``recs_events_total{outcome}``: ``stored``, ``duplicate``, ``rejected``, ``unavailable``
+- ``recs_exposures_total{outcome}``: lists put on the exposure log (``served``), written
+  (``logged``), lost (``dropped``: queue full or a failed batch); see serve/exposures.py.
+  A served list whose experiment version is no longer kept counts in
+  ``recs_fallbacks_total`` with cause ``experiment_version_gone``
 - ``recs_auth_failures_total{reason}``: ``missing``, ``invalid``, ``revoked``, ``scope``
 - ``recs_rate_limited_total{scope}``: requests refused (429) for their key's rate
 - ``recs_live_version_published_timestamp_seconds``: when the live version was switched in
@@ -54,6 +58,7 @@ HELP = {
                                            "Time from request start to response, seconds"),
     "recs_fallbacks_total": ("counter", "Read answers not from the live version's list"),
     "recs_events_total": ("counter", "Posted events by outcome"),
+    "recs_exposures_total": ("counter", "Served lists on the exposure log by outcome"),
     "recs_auth_failures_total": ("counter", "Requests refused for their API key"),
     "recs_rate_limited_total": ("counter", "Requests refused (429) for their API key's rate"),
     "recs_live_version_published_timestamp_seconds": (

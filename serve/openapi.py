@@ -41,6 +41,8 @@ AUTH_HEADER = {"WWW-Authenticate": {"description": "the scheme to authenticate w
 RATE_LIMITED = "the API key is over its request rate (key_rate_per_s per worker process)"
 ALLOW = {"Allow": {"description": "the methods the path accepts",
                    "schema": {"type": "string"}}}
+REQUEST_ID = {"X-Request-Id": {"description": "the answer's request_id",
+                               "schema": {"type": "string", "format": "uuid"}}}
 
 
 def _read_errors(not_found: str = "no such path") -> dict[str, Any]:
@@ -77,14 +79,24 @@ def schemas(settings: Settings) -> dict[str, Any]:
     list_body = {
         "recommendations": {"type": "array", "items": _ref("Recommendation"),
                             "maxItems": settings.serve_limit_max},
-        "experiment_id": {"type": ["string", "null"]},
+        "experiment_id": {"type": ["string", "null"],
+                          "description": "the experiment the user is in (its key), null "
+                                         "when none (holdout, no running experiment, "
+                                         "no user)"},
+        "variant": {"type": ["string", "null"],
+                    "description": "the user's variant of experiment_id; 'interleaved' "
+                                   "for a team-draft interleaved list of its variants"},
         "fallback": {"type": "boolean",
                      "description": "true when the answer is not the live version's list "
                                     "asked for (popular items, a previous version, memory)"},
         "source": {"type": "string", "enum": SOURCES},
         "model_version": version,
+        "request_id": {"type": "string", "format": "uuid",
+                       "description": "this answer's id (also the X-Request-Id header): "
+                                      "send it with the events it leads to"},
     }
-    required = ["recommendations", "experiment_id", "fallback", "source", "model_version"]
+    required = ["recommendations", "experiment_id", "variant", "fallback", "source",
+                "model_version", "request_id"]
 
     def answer(extra: dict[str, Any]) -> dict[str, Any]:
         return {"type": "object", "properties": {**list_body, **extra},
@@ -140,6 +152,9 @@ def schemas(settings: Settings) -> dict[str, Any]:
                      "maxLength": validation.MAX_EVENT_ID_CHARS},
                     {"type": "integer"}, {"type": "null"}],
                     "description": "the client's id: a retried event is stored once"},
+                "request_id": {"type": ["string", "null"], "format": "uuid",
+                               "description": "the request_id of the list this event "
+                                              "answers (a UUID, else 422)"},
             },
             "required": ["user_id", "item_id", "event_type", "timestamp"],
         },
@@ -209,7 +224,7 @@ def document(settings: Settings, read_keys_required: bool = True) -> dict[str, A
                 "security": security_reads,
                 "summary": "A user's recommendations",
                 "parameters": rec_params,
-                "responses": {"200": _json(_ref("Recommendations"), "the list"),
+                "responses": {"200": _json(_ref("Recommendations"), "the list", REQUEST_ID),
                               **_read_errors()},
             }},
             "/api/v1/similar/{item_id}": {"get": {
@@ -217,7 +232,7 @@ def document(settings: Settings, read_keys_required: bool = True) -> dict[str, A
                 "security": security_reads,
                 "summary": "Items similar to an item",
                 "parameters": [_id_param("item_id", "path", "the item"), *read_params],
-                "responses": {"200": _json(_ref("SimilarItems"), "the list"),
+                "responses": {"200": _json(_ref("SimilarItems"), "the list", REQUEST_ID),
                               **_read_errors("the item is unknown")},
             }},
             "/api/v1/trending": {"get": {
@@ -234,7 +249,8 @@ def document(settings: Settings, read_keys_required: bool = True) -> dict[str, A
                                     "country's list kept to the category",
                      "schema": {"type": "string", "pattern": "^[A-Za-z]{2}$"}},
                     *read_params],
-                "responses": {"200": _json(_ref("Trending"), "the list"), **_read_errors()},
+                "responses": {"200": _json(_ref("Trending"), "the list", REQUEST_ID),
+                              **_read_errors()},
             }},
             "/api/v1/events": {"post": {
                 "operationId": "postEvents",
@@ -252,7 +268,8 @@ def document(settings: Settings, read_keys_required: bool = True) -> dict[str, A
                     "413": _error("the body is larger than 1 MB"),
                     "415": _error("the body is not declared as JSON"),
                     "422": _error("an event's timestamp is outside the accepted window "
-                                  "(error.code outside_window; error.field names it): "
+                                  "(error.code outside_window), or its request_id is not "
+                                  "a UUID (invalid_request_id); error.field names it: "
                                   "nothing was stored"),
                     "429": _error(RATE_LIMITED + ": nothing was stored", RETRY_AFTER),
                     "503": _error("the database is unavailable: nothing was stored",

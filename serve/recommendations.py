@@ -10,23 +10,41 @@ database is down or too slow, the answer comes from the in-memory popular list
 
 No answer shows a blocked item (serve/blocks.py): every list, blended item and top-up is
 checked against the process's cached block set through :class:`Exclusions`.
+
+Experiments (serve/experiments.py): on ``/api/v1/recommendations/{user_id}`` the user is
+routed per request (no query: the running experiments are cached per process); their
+variant may pin another kept version, turn blending off or change the exploration rate,
+and an interleaving experiment serves one team-draft list of its variants' lists. The
+list's top ``exploration_top_k`` items are shuffled with probability ``exploration_rate``
+(models/exploration.py). Every answer carries a new ``request_id`` (also in the
+``X-Request-Id`` header); each list served for a user is put on the exposure log
+(serve/exposures.py) with its experiment, variant, version, items, propensities and
+teams. ``/api/v1/similar`` and ``/api/v1/trending`` name no user: they are not routed
+and not logged.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import psycopg2
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from core.constants import POPULAR_REASON
+from models.exploration import explore
+from models.interleaving import multileave, request_rng
 from serve import validation
 from serve.app import services
 from serve.errors import ApiError, bad_request
+from serve.experiments import Route
+from serve.exposures import Exposure
 from serve.fallback import PopularList
-from serve.store import ANCHORS, DatabaseUnavailable, ListRead, UserRead
+from serve.store import ANCHORS, DatabaseUnavailable, ListRead, Pin, UserRead
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +166,21 @@ def blend(read: UserRead, exclude: Exclusions, limit: int, popular: PopularList,
 
 def payload(entries: list[Entry], *, fallback: bool, source: str, model_version: str | None,
             **ids: int | str | None) -> dict[str, Any]:
-    return {"recommendations": entries, "experiment_id": None, "fallback": fallback,
-            "source": source, **ids, "model_version": model_version}
+    return {"recommendations": entries, "experiment_id": None, "variant": None,
+            "fallback": fallback, "source": source, **ids, "model_version": model_version,
+            "request_id": g.get("request_id")}
+
+
+def interleave(bodies: Sequence[dict[str, Any]], limit: int, rng) -> tuple[list[Entry],
+                                                                           list[int]]:
+    """Team-draft (multi)leaving of the bodies' lists: the shown entries and each one's
+    team (the index of the body it came from)."""
+    rankings = [[e["item_id"] for e in b["recommendations"]] for b in bodies]
+    mixed = multileave(rankings, limit, rng)
+    # Each item as its team's list has it (its score, reason and version).
+    by_team = [{e["item_id"]: e for e in b["recommendations"]} for b in bodies]
+    return ([by_team[t][i] for i, t in zip(mixed.items, mixed.teams, strict=True)],
+            list(mixed.teams))
 
 
 def popular_payload(popular: PopularList, blocked: Exclusions, limit: int, source: str,
@@ -183,6 +214,11 @@ def _count_fallback(cause: str | None) -> None:
 def _memory(exc: Exception, blocked: Exclusions, limit: int, **ids: int | str | None
             ) -> Response:
     """The answer while the database is down, too slow or failing."""
+    return jsonify(_memory_body(exc, blocked, limit, **ids))
+
+
+def _memory_body(exc: Exception, blocked: Exclusions, limit: int, **ids: int | str | None
+                 ) -> dict[str, Any]:
     if isinstance(exc, DatabaseUnavailable):
         cause = exc.cause
     else:
@@ -190,7 +226,7 @@ def _memory(exc: Exception, blocked: Exclusions, limit: int, **ids: int | str | 
         log.exception("database read failed; answering from memory")
     _count_fallback(cause)
     popular = services().popular.get(refresh=False)
-    return jsonify(popular_payload(popular, blocked, limit, "memory", **ids))
+    return popular_payload(popular, blocked, limit, "memory", **ids)
 
 
 def _from_popular(read: UserRead | ListRead | None, blocked: Exclusions, limit: int,
@@ -222,9 +258,18 @@ def _spare(exclude: Exclusions) -> int:
 
 @bp.before_request
 def _read_key() -> None:
+    g.request_id = str(uuid.uuid4())
     svc = services()
     if svc.read_keys_required:
         svc.require("read")
+
+
+@bp.after_request
+def _request_id_header(resp: Response) -> Response:
+    request_id = g.get("request_id")
+    if request_id is not None:
+        resp.headers["X-Request-Id"] = request_id
+    return resp
 
 
 @bp.get("/api/v1/recommendations/<user_id>")
@@ -243,35 +288,130 @@ def recommendations(user_id: str) -> Response:
     if item_id is not None:
         exclude.add(item_id)  # never recommend the item being looked at
     svc = services()
+    route = svc.experiments.route(uid) if svc.experiments is not None else None
+    teams: list[int] | None = None
     try:
         if rec_type == "personalized":
             page_item = item_id if context == "product_page" else None
-            return jsonify(_personalized(uid, exclude, limit, page_item))
-        # Enough of the list for this response whatever it excludes (the store adds
-        # the user's recent items); the anchor is excluded too.
-        fetch = limit + len(exclude.own) + 1 + _spare(exclude)
-        if rec_type == "similar":
-            read = svc.store.read_similar(item_id, user_id=uid, fetch=fetch)
-            return jsonify(_similar(read, exclude, limit, user_id=uid))
-        read = svc.store.read_trending("trending", user_id=uid, fetch=fetch)
-        return jsonify(_trending(read, exclude, limit, user_id=uid))
+            if route is not None and route.arms:
+                body, teams = _interleaved(uid, exclude, limit, page_item, route)
+            else:
+                body = _personalized(uid, exclude, limit, page_item, _pin(route),
+                                     blended=_blended(route))
+        else:
+            # Enough of the list for this response whatever it excludes (the store adds
+            # the user's recent items); the anchor is excluded too.
+            fetch = limit + len(exclude.own) + 1 + _spare(exclude)
+            # An interleaving experiment interleaves personalized lists only: the other
+            # types get its control variant's version.
+            pin = _pin(route, route.arms[0].changes if route and route.arms else None)
+            if rec_type == "similar":
+                read = _read_pinned(svc.store.read_similar, pin, item_id=item_id,
+                                    user_id=uid, fetch=fetch)
+                body = _similar(read, exclude, limit, user_id=uid)
+            else:
+                read = _read_pinned(svc.store.read_trending, pin, list_name="trending",
+                                    user_id=uid, fetch=fetch)
+                body = _trending(read, exclude, limit, user_id=uid)
     except DB_ERRORS as exc:
-        return _memory(exc, exclude, limit, user_id=uid)
+        body = _memory_body(exc, exclude, limit, user_id=uid)
+    return jsonify(_serve(body, uid, rec_type, route, teams))
 
 
-def _personalized(uid: int, exclude: Exclusions, limit: int, page_item: int | None
-                  ) -> dict[str, Any]:
+def _pin(route: Route | None, changes: Any = None) -> Pin | None:
+    """The version ``changes`` (default: the route's) pin when it is still kept; a
+    version no longer kept is counted and the live one served."""
+    if changes is None:
+        changes = route.changes if route is not None else {}
+    version = changes.get("model_version")
+    if not isinstance(version, str) or not version:
+        return None
+    pin = services().experiments.pin(version)
+    if pin is None:
+        _count_fallback("experiment_version_gone")
+    return pin
+
+
+def _read_pinned(read: Callable[..., Any], pin: Pin | None, **kwargs: Any) -> Any:
+    """``read`` of the pinned version, else (no pin, or its lists gone) of the live one."""
+    if pin is not None:
+        got = read(pin=pin, **kwargs)
+        if got is not None:
+            return got
+        _count_fallback("experiment_version_gone")
+    return read(**kwargs)
+
+
+def _blended(route: Route | None, changes: Any = None) -> bool:
+    if changes is None:
+        changes = route.changes if route is not None else {}
+    return changes.get("blend", True) is not False
+
+
+def _exploration_rate(route: Route | None) -> float:
+    rate = route.changes.get("exploration_rate") if route is not None else None
+    if isinstance(rate, int | float) and not isinstance(rate, bool) and 0 <= rate <= 1:
+        return float(rate)
+    return services().settings.exploration_rate
+
+
+def _serve(body: dict[str, Any], uid: int, rec_type: str, route: Route | None,
+           teams: list[int] | None) -> dict[str, Any]:
+    """``body`` with its experiment, explored (unless interleaved) and put on the exposure
+    log."""
+    svc = services()
+    if svc.exposures is None:  # experiments off
+        return body
+    request_id = body["request_id"]
+    entries = body["recommendations"]
+    propensities = None
+    if teams is None:
+        shown = explore([e["item_id"] for e in entries], svc.settings.exploration_top_k,
+                        _exploration_rate(route), request_rng(uid, request_id))
+        if shown.explored:
+            by_item = {e["item_id"]: e for e in entries}
+            entries = body["recommendations"] = [by_item[i] for i in shown.items]
+        propensities = shown.propensities
+    if route is not None:
+        body["experiment_id"] = route.experiment_key
+        body["variant"] = route.variant
+    svc.exposures.put(Exposure(
+        request_id=request_id, served_at=dt.datetime.now(dt.UTC), user_id=uid,
+        endpoint=rec_type, experiment_key=body["experiment_id"], variant=body["variant"],
+        model_version=body["model_version"], items=tuple(e["item_id"] for e in entries),
+        propensities=propensities, teams=None if teams is None else tuple(teams)))
+    return body
+
+
+def _interleaved(uid: int, exclude: Exclusions, limit: int, page_item: int | None,
+                 route: Route) -> tuple[dict[str, Any], list[int]]:
+    """One team-draft interleaved list of the experiment's variants' lists (seeded by the
+    user and request ids), and each item's team."""
+    bodies = [_personalized(uid, exclude, limit, page_item, _pin(route, arm.changes),
+                            blended=_blended(route, arm.changes)) for arm in route.arms]
+    entries, teams = interleave(bodies, limit, request_rng(uid, g.request_id))
+    body = payload(entries, fallback=any(b["fallback"] for b in bodies),
+                   source=bodies[0]["source"], model_version=bodies[0]["model_version"],
+                   user_id=uid)
+    return body, teams
+
+
+def _personalized(uid: int, exclude: Exclusions, limit: int, page_item: int | None,
+                  pin: Pin | None = None, blended: bool = True) -> dict[str, Any]:
     svc = services()
     # What the response can use: the limit, plus every item that may be removed from
     # the list (excluded, blended in from anchors; the store adds the recent items).
     # Blocked items are not counted: the list's tail and the top-up make up for them.
     fetch = limit + len(exclude.own) + BLEND_PER_ANCHOR * (ANCHORS + 1) + _spare(exclude)
-    read = svc.store.read_user(uid, page_item=page_item, fetch=fetch)
+    read = _read_pinned(svc.store.read_user, pin, user_id=uid, page_item=page_item,
+                        fetch=fetch)
     if read is None or read.items is None:
         blocked = exclude.copy()
         blocked.update(read.recent if read else ())
         return _from_popular(read, blocked, limit, user_id=uid)
     _count_fallback(read.degraded)
+    if not blended:
+        read = dataclasses.replace(read, anchors=[])
     entries = blend(read, exclude, limit, svc.popular.for_version(read.version), page_item)
     return payload(entries, fallback=read.degraded is not None, source="precomputed",
                    model_version=read.version, user_id=uid)

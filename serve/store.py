@@ -109,6 +109,15 @@ class LiveState:
 
 
 @dataclass(frozen=True)
+class Pin:
+    """A version an experiment serves instead of the live one, and the end of its data
+    (serve/experiments.py)."""
+
+    version: str
+    data_until: dt.datetime | None
+
+
+@dataclass(frozen=True)
 class Anchor:
     """A recent item of the user with the head of its precomputed similar list."""
 
@@ -297,13 +306,15 @@ SELECT items, scores FROM trending WHERE model_version = %(version)s AND list_na
 
 INSERT_EVENTS_SQL = """
 INSERT INTO interactions
-    (event_id, user_id, item_id, event_type, rating, "timestamp", context, key_id)
+    (event_id, user_id, item_id, event_type, rating, "timestamp", context, key_id,
+     request_id)
 VALUES %s
 ON CONFLICT (event_id, "timestamp") DO NOTHING
 RETURNING 1
 """
 INSERT_EVENTS_TEMPLATE = (
-    "(COALESCE(%s, nextval('interactions_event_id_seq')), %s, %s, %s, %s, %s, %s::jsonb, %s)"
+    "(COALESCE(%s, nextval('interactions_event_id_seq')), %s, %s, %s, %s, %s, %s::jsonb, %s, "
+    "%s::uuid)"
 )
 
 
@@ -636,7 +647,8 @@ class Store:
                     listener(state)
         return state
 
-    def _read(self, sql: Statement, params: dict[str, Any]) -> tuple[LiveState, tuple] | None:
+    def _read(self, sql: Statement, params: dict[str, Any], pin: Pin | None = None
+              ) -> tuple[LiveState, tuple] | None:
         """Run a list read against the cached served version, re-reading after a switch.
 
         Each read's last column (``seen``) is, when the list asked for is absent, whether
@@ -645,7 +657,13 @@ class Store:
         the version's new partitions without their rows. That read is repeated (a new
         statement, a new snapshot) instead of answering "no list". Returns None when no
         version is served (or the served one keeps switching under the read).
+
+        With ``pin`` (an experiment's version), that version is read once instead; None
+        when none of its lists is visible any more (retired): the caller reads the live
+        version then.
         """
+        if pin is not None:
+            return self._read_pinned(sql, params, pin)
         state = self.live_state()
         for attempt in range(READ_ATTEMPTS):
             if state.version is None:
@@ -663,10 +681,20 @@ class Store:
             state = self.live_state(refresh=True)
         return None
 
+    def _read_pinned(self, sql: Statement, params: dict[str, Any], pin: Pin
+                     ) -> tuple[LiveState, tuple] | None:
+        now = dt.datetime.now(dt.UTC)
+        since = max(pin.data_until or now, now - RECENT_WINDOW)
+        row = self.fetchone(sql, {**params, "version": pin.version, "since": since,
+                                  "recent_max": RECENT_MAX, "scan_max": RECENT_SCAN_MAX})
+        if row is None or row[-1] is False:
+            return None
+        return LiveState(pin.version, pin.data_until, row[0]), row[:-1]
+
     # -- reads --
 
-    def read_user(self, user_id: int, page_item: int | None = None, fetch: int = 1000
-                  ) -> UserRead | None:
+    def read_user(self, user_id: int, page_item: int | None = None, fetch: int = 1000,
+                  pin: Pin | None = None) -> UserRead | None:
         """The user's precomputed list, recent items and anchors (None: no version).
 
         ``page_item`` (a product page's item) is the first anchor when given. Only the
@@ -675,7 +703,7 @@ class Store:
         """
         got = self._read(PERSONALIZED, {"user_id": user_id, "anchors": ANCHORS,
                                         "similar_fetch": SIMILAR_FETCH,
-                                        "page_item": page_item, "fetch": fetch})
+                                        "page_item": page_item, "fetch": fetch}, pin)
         if got is None:
             return None
         state, row = got
@@ -696,14 +724,14 @@ class Store:
         )
 
     def read_similar(self, item_id: int | None, user_id: int | None = None,
-                     fetch: int = 1000) -> ListRead | None:
+                     fetch: int = 1000, pin: Pin | None = None) -> ListRead | None:
         """The similar list of ``item_id`` (or of the user's newest item): its first
         ``fetch`` items, plus as many as the user has recent items."""
         if user_id is None:
-            got = self._read(ITEM_SIMILAR, {"item_id": item_id, "fetch": fetch})
+            got = self._read(ITEM_SIMILAR, {"item_id": item_id, "fetch": fetch}, pin)
         else:
             got = self._read(USER_SIMILAR, {"item_id": item_id, "user_id": user_id,
-                                            "fetch": fetch})
+                                            "fetch": fetch}, pin)
         if got is None:
             return None
         state, row = got
@@ -713,7 +741,7 @@ class Store:
 
     def read_trending(self, list_name: str, user_id: int | None = None,
                       category: str | None = None, fill_list: str | None = None,
-                      fetch: int = 1000) -> ListRead | None:
+                      fetch: int = 1000, pin: Pin | None = None) -> ListRead | None:
         """A non-personal list of the served version (with the user's recent items):
         its first ``fetch`` items, plus as many as the user has recent items.
 
@@ -723,12 +751,12 @@ class Store:
         if category is not None:
             got = self._read(TRENDING_FILTERED, {"list_name": list_name,
                                                  "category": category,
-                                                 "fill_list": fill_list})
+                                                 "fill_list": fill_list}, pin)
         elif user_id is None:
-            got = self._read(TRENDING, {"list_name": list_name, "fetch": fetch})
+            got = self._read(TRENDING, {"list_name": list_name, "fetch": fetch}, pin)
         else:
             got = self._read(USER_TRENDING, {"list_name": list_name, "user_id": user_id,
-                                             "fetch": fetch})
+                                             "fetch": fetch}, pin)
         if got is None:
             return None
         state, row = got
@@ -760,8 +788,8 @@ class Store:
         """Store event rows in one transaction; returns how many were new.
 
         ``rows`` are (event_id|None, user_id, item_id, event_type, rating, timestamp,
-        context_json|None, key_id|None). No DDL: a row whose day has no partition is
-        stored in ``interactions_default``. Guarded by the writes' breaker.
+        context_json|None, key_id|None, request_id|None). No DDL: a row whose day has no
+        partition is stored in ``interactions_default``. Guarded by the writes' breaker.
         """
         with self.connection("write") as conn:
             conn.autocommit = False

@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -137,12 +138,13 @@ class Event:
     timestamp: dt.datetime  # aware, UTC
     context: str | None  # JSON text
     key_id: int | None = None  # api_keys.id of the key that sent it
+    request_id: str | None = None  # the served list it answers (exposures.request_id)
 
     def row(self) -> tuple:
         """The row ``Store.insert_events`` stores: (event_id, user_id, item_id,
-        event_type, rating, timestamp, context_json, key_id)."""
+        event_type, rating, timestamp, context_json, key_id, request_id)."""
         return (self.event_id, self.user_id, self.item_id, self.event_type, self.rating,
-                self.timestamp, self.context, self.key_id)
+                self.timestamp, self.context, self.key_id, self.request_id)
 
 
 def clean_text(raw: str, field: str) -> str:
@@ -281,7 +283,23 @@ def event(raw: Any, prefix: str, now: dt.datetime, window: Window = Window(),
             raise bad_request(name("event_id"),
                               f"{name('event_id')} must have 1 to {MAX_EVENT_ID_CHARS} characters")
         stored_id = stable_event_id(text)
-    return Event(stored_id, user_id, item_id, event_type, rating, ts, context_json, key_id)
+    return Event(stored_id, user_id, item_id, event_type, rating, ts, context_json, key_id,
+                 request_id(raw.get("request_id"), name("request_id")))
+
+
+def request_id(raw: Any, field: str) -> str | None:
+    """An optional request id (a UUID, as the reader returns it): 422 naming ``field``
+    otherwise."""
+    if raw is None:
+        return None
+    try:
+        if not isinstance(raw, str) or len(raw) > 64:
+            raise ValueError
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise ApiError(422, "invalid_request_id",
+                       f"{field} must be a UUID as returned in a response's request_id",
+                       field) from None
 
 
 def event_body(body: Any, now: dt.datetime | None = None, window: Window = Window(),

@@ -23,6 +23,10 @@ from core.settings import PIPELINE_ROLE, PROJECT_ROOT
 
 # Connections by host, port and user alone (tests' own instances) find their password.
 os.environ["PGPASSFILE"] = str(localpg.REGISTRY)
+# Readers started by tests (in process or under gunicorn) serve lists in their computed
+# order: exploration (a random shuffle of the top items, issue 13) is off unless a test
+# turns it on (tests/test_experiments_serve.py does).
+os.environ.setdefault("RECS_EXPLORATION_RATE", "0")
 
 ML_SMALL = (PROJECT_ROOT.parent / "shared" / "data" / "ml-latest-small").resolve()
 TEST_PG_PORT = int(os.environ.get("RECS_TEST_PG_PORT", "54341"))

@@ -61,7 +61,7 @@ def test_events_of_many_days_create_no_relation(settings, dsn):
     try:
         before = _relations(dsn)
         first = dt.datetime(1971, 1, 1, 12, tzinfo=dt.UTC)
-        rows = [(None, 5, 1, "click", None, first + dt.timedelta(days=8 * i), None, None)
+        rows = [(None, 5, 1, "click", None, first + dt.timedelta(days=8 * i), None, None, None)
                 for i in range(200)]
         assert store.insert_events(rows) == 200
         assert _relations(dsn) == before
