@@ -13,7 +13,6 @@ JSONB refuse; nesting is bounded before anything recursive runs on it.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.constants import EVENT_TYPES
+from core.ids import stable_event_id  # noqa: F401  (the one definition, shared with the loaders)
 from serve.errors import ApiError, bad_request
 
 BIGINT_MAX = 2**63 - 1
@@ -175,13 +175,6 @@ def _check_tree(value: Any, field: str) -> None:
                     stack.append((item, depth + 1))
             else:
                 stack.extend((item, depth + 1) for item in node)
-
-
-def stable_event_id(raw: str) -> int:
-    """A stable 63-bit id for a client's event id (blake2b), so retries store once.
-    ``raw`` must be valid Unicode (:func:`clean_text`)."""
-    digest = hashlib.blake2b(raw.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & BIGINT_MAX
 
 
 def timestamp(raw: Any, field: str, now: dt.datetime, window: Window = Window()
