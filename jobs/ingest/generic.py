@@ -32,6 +32,8 @@ import io
 import json
 import logging
 import math
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psycopg2.errors
 import psycopg2.extensions
 
 from core import db, ids
@@ -319,11 +322,12 @@ class Checked:
 
 def _missing(col: pd.Series) -> np.ndarray:
     """Null, NaN or an empty/blank string."""
-    arr = col.to_numpy(dtype=object)
     miss = pd.isna(col).to_numpy()
     if col.dtype == object or pd.api.types.is_string_dtype(col):
-        blank = np.fromiter((isinstance(v, str) and not v.strip() for v in arr), bool,
-                            len(arr)) if len(arr) else np.zeros(0, bool)
+        try:
+            blank = col.str.strip().eq("").fillna(False).to_numpy(dtype=bool)
+        except AttributeError:  # no string in the column (all null, or lists)
+            blank = np.zeros(len(col), dtype=bool)
         miss = miss | blank
     return miss
 
@@ -357,7 +361,18 @@ def check_ids(col: pd.Series, name: str, chk: Checked) -> tuple[np.ndarray, np.n
     u_native = np.zeros(len(uniques), dtype=np.int64)
     u_ext = np.full(len(uniques), None, dtype=object)
     u_bad = np.full(len(uniques), None, dtype=object)
-    for j, v in enumerate(uniques):
+    u = pd.Series(uniques, dtype=object)
+    is_str = u.map(type).eq(str).to_numpy()
+    strs = u.where(is_str, "")
+    digits = strs.str.fullmatch(r"[0-9]{1,30}").to_numpy(dtype=bool)
+    # The common case, vectorised: strings that are plain ids (native or external).
+    length = strs.str.len().to_numpy()
+    plain = is_str & ~digits & (length >= 1) & (length <= ids.MAX_EXTERNAL_CHARS) \
+        & ~strs.str.contains("[\x00-\x1f\x7f\ud800-\udfff]|^\\s|\\s$",
+                             regex=True).to_numpy(dtype=bool)
+    u_ext[plain] = u[plain].to_numpy()
+    for j in np.flatnonzero(~plain):
+        v = uniques[j]
         if isinstance(v, bool):
             u_bad[j] = f"{name} {v!r} is not an id"
             continue
@@ -417,10 +432,16 @@ def check_times(col: pd.Series, name: str, chk: Checked, required: bool) -> np.n
             strs = pd.Series(np.full(n, None, dtype=object))
         else:
             values = col.astype(object).where(~miss, None)
-            strs = values.map(lambda v: v.strip() if isinstance(v, str) else v)
-            digits = strs.map(lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-                              or (isinstance(v, str) and v.isascii() and v.isdigit()))
-            is_num = digits.to_numpy(dtype=bool) & ~miss
+            text = values.map(type).eq(str).to_numpy()
+            if text.all():
+                strs = values.str.strip()
+                digits = strs.str.fullmatch(r"[0-9]+").fillna(False).to_numpy(dtype=bool)
+            else:  # JSON Lines: numbers and strings mixed
+                strs = values.map(lambda v: v.strip() if isinstance(v, str) else v)
+                digits = strs.map(lambda v: isinstance(v, int | float)
+                                  and not isinstance(v, bool) or (isinstance(v, str)
+                                  and v.isascii() and v.isdigit())).to_numpy(dtype=bool)
+            is_num = digits & ~miss
             nums = pd.to_numeric(strs.where(is_num, None), errors="coerce")
         nums = nums.to_numpy(dtype=np.float64, na_value=np.nan)
         with np.errstate(invalid="ignore"):
@@ -648,7 +669,7 @@ def stage_events(frame: pd.DataFrame, mapper: IdMapper, chk: Checked) -> pd.Data
     users, users_ext = check_ids(frame["user_id"], "user_id", chk)
     items, items_ext = check_ids(frame["item_id"], "item_id", chk)
     etype = frame["event_type"].astype(object).where(~_missing(frame["event_type"]), None)
-    etype = etype.map(lambda v: v.strip().lower() if isinstance(v, str) else v)
+    etype = etype.str.strip().str.lower()
     chk.flag(~etype.isin(EVENT_TYPES).to_numpy(), frame["event_type"],
              lambda v: f"event_type {_short(v)} is not one of {', '.join(EVENT_TYPES)}")
     ts = check_times(frame["timestamp"], "timestamp", chk, required=True)
@@ -796,12 +817,14 @@ STAGERS = {"events": stage_events, "items": stage_items, "users": stage_users}
 # --- writing ----------------------------------------------------------------------------------
 
 
-def _copy(cur: Cursor, table: str, frame: pd.DataFrame) -> None:
+def _copy(cur: Cursor, table: str, frame: pd.DataFrame, quote: str = "") -> None:
+    """COPY ``frame`` (CSV; empty unquoted fields are NULL) into ``table``; ``quote``
+    names one column to quote (``"timestamp"``)."""
     buf = io.StringIO()
     frame.to_csv(buf, header=False, index=False, na_rep="")
     buf.seek(0)
-    cur.copy_expert(f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)",
-                    buf)
+    cols = ", ".join(quote if quote and c == quote.strip('"') else c for c in frame.columns)
+    cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv)", buf)
 
 
 def _tags_literal(tags: list[str]) -> str:
@@ -818,6 +841,7 @@ class Writer:
         self.written = 0
         self.daily_from = today - timedelta(days=HOT_DAYS)
         self.days: tuple[date, date] | None = None
+        self.user_first: pd.Series | None = None  # events: each user's first ts_ms
         if kind == "events":
             cur.execute("""CREATE TEMP TABLE stage_events (
                              event_id BIGINT, user_id BIGINT, item_id BIGINT, event_type TEXT,
@@ -838,6 +862,9 @@ class Writer:
         getattr(self, f"_{self.kind}")(rows)
 
     def _events(self, rows: pd.DataFrame) -> None:
+        """COPY the chunk straight into ``interactions`` under a savepoint (new events:
+        the fast path); if any row is already stored (a unique violation), roll the
+        savepoint back and insert the chunk through staging ``ON CONFLICT DO NOTHING``."""
         cur = self.cur
         lo = datetime.fromtimestamp(int(rows["ts_ms"].min()) // 1000, UTC).date()
         hi = datetime.fromtimestamp(int(rows["ts_ms"].max()) // 1000, UTC).date()
@@ -845,6 +872,23 @@ class Writer:
             cur.execute("SELECT recs_ensure_interaction_partitions(%s, %s, %s)",
                         (lo, hi, self.daily_from))
             self.days = (min(lo, self.days[0]), max(hi, self.days[1])) if self.days else (lo, hi)
+        rows = rows.sort_values("ts_ms", kind="stable")  # one partition's rows together
+        firsts = rows.groupby("user_id", sort=False)["ts_ms"].min()
+        self.user_first = firsts if self.user_first is None else \
+            pd.concat([self.user_first, firsts]).groupby(level=0).min()
+        stamps = np.datetime_as_string(rows["ts_ms"].to_numpy().astype("datetime64[ms]"),
+                                       unit="ms", timezone="UTC")
+        direct = rows.assign(timestamp=stamps)
+        direct = direct[["event_id", "user_id", "item_id", "event_type", "rating",
+                         "timestamp", "context"]]
+        cur.execute("SAVEPOINT recs_chunk")
+        try:
+            _copy(cur, "interactions", direct, quote='"timestamp"')
+            self.written += len(rows)
+            cur.execute("RELEASE SAVEPOINT recs_chunk")
+            return
+        except psycopg2.errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT recs_chunk")
         _copy(cur, "stage_events", rows)
         cur.execute("""
             INSERT INTO interactions (event_id, user_id, item_id, event_type, rating,
@@ -855,13 +899,22 @@ class Writer:
             ORDER BY ts_ms  -- rows of one partition together: faster routing
             ON CONFLICT DO NOTHING""")
         self.written += cur.rowcount
-        # Users seen in events exist, created no later than their first event.
-        cur.execute("""
+        cur.execute("TRUNCATE stage_events")
+
+    def finish(self) -> None:
+        """After the last chunk: users seen in the file's events exist, created no later
+        than their first event (one upsert per file)."""
+        if self.kind != "events" or self.user_first is None:
+            return
+        frame = self.user_first.rename("ts_ms").rename_axis("user_id").reset_index()
+        self.cur.execute("CREATE TEMP TABLE stage_event_users (user_id BIGINT, ts_ms BIGINT) "
+                         "ON COMMIT DROP")
+        _copy(self.cur, "stage_event_users", frame)
+        self.cur.execute("""
             INSERT INTO users AS u (user_id, created_at)
-            SELECT user_id, to_timestamp(min(ts_ms) / 1000.0) FROM stage_events GROUP BY user_id
+            SELECT user_id, to_timestamp(ts_ms / 1000.0) FROM stage_event_users
             ON CONFLICT (user_id) DO UPDATE SET created_at = EXCLUDED.created_at
              WHERE EXCLUDED.created_at < u.created_at""")
-        cur.execute("TRUNCATE stage_events")
 
     def _items(self, rows: pd.DataFrame) -> None:
         # A changed item (title, category, tags, description, attributes) gets
@@ -996,6 +1049,48 @@ def load(kind: str, path: Path | str, *, dsn: str | None = None,
     return report
 
 
+def _ahead(items: Iterator[tuple], depth: int = 2) -> Iterator[tuple]:
+    """``items`` produced by a thread up to ``depth`` ahead of the consumer, so that
+    parsing and validating the next chunk overlaps the database writing this one. An
+    exception in the thread is raised here, in order; a consumer that stops early (a bad
+    row) stops the thread at its next item."""
+    done = object()
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer
+            put(exc)
+
+    thread = threading.Thread(target=run, name="recs-import-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _load_file(cur: Cursor, kind: str, file: Path, fmt: str, mapping: dict[str, str],
                skip_bad: bool, mapper: IdMapper, chunk_rows: int, today: date,
                report: ImportReport, tick: Callable[[int, float], None]
@@ -1022,40 +1117,49 @@ def _load_file(cur: Cursor, kind: str, file: Path, fmt: str, mapping: dict[str, 
         reader = _read_jsonl(file, kind, mapping, chunk_rows, bad, jsonl_lines)
     else:
         reader = READERS[fmt](file, kind, mapping, chunk_rows, bad)
-    for chunk in reader:
-        for line, reason in sorted(bad):
+
+    def prepared() -> Iterator[tuple]:
+        """Read and validate (in a thread, a chunk ahead of the writes)."""
+        for chunk in reader:
+            reader_bad, lines = sorted(bad), list(jsonl_lines)
+            bad.clear()
+            frame = chunk.frame.reset_index(drop=True)
+            chk = Checked(len(frame))
+            staged = STAGERS[kind](frame, mapper, chk)
+            if kind in ("items", "users"):  # one row per id in a file
+                key = f"{kind[:-1]}_id"
+                dup_rows = []
+                for pos, ident in zip(staged.index, staged[key].to_numpy(), strict=True):
+                    if int(ident) in seen:
+                        dup_rows.append(pos)
+                        chk.reason[pos] = f"{key} appears twice in the file"
+                    seen.add(int(ident))
+                staged = staged.drop(index=dup_rows)
+            yield chunk, len(frame), staged, chk, reader_bad, lines
+        yield None, 0, None, None, sorted(bad), []
+
+    for chunk, n_rows, staged, chk, reader_bad, lines in _ahead(prepared()):
+        for line, reason in reader_bad:
             invalid_lines.add(line)
             refuse(line, reason)
-        bad.clear()
-        frame = chunk.frame.reset_index(drop=True)
-        chk = Checked(len(frame))
-        staged = STAGERS[kind](frame, mapper, chk)
-        if kind in ("items", "users"):  # one row per id in a file
-            key = f"{kind[:-1]}_id"
-            dup_rows = []
-            for pos, ident in zip(staged.index, staged[key].to_numpy(), strict=True):
-                if int(ident) in seen:
-                    dup_rows.append(pos)
-                    chk.reason[pos] = f"{key} appears twice in the file"
-                seen.add(int(ident))
-            staged = staged.drop(index=dup_rows)
+        if chunk is None:
+            break
         for pos in np.flatnonzero(~chk.ok):
             if skip_bad and len(report.skipped_reasons) >= KEEP_REASONS:
                 skipped += 1
                 continue
             if fmt == "jsonl":
-                line = jsonl_lines[pos]
+                line = lines[pos]
             elif fmt == "parquet":
                 line = chunk.first + pos + 1
             else:
                 line = _line_of(file, chunk.first + pos, invalid_lines)
             refuse(line, chk.reason[pos])
         writer.write(staged)
-        rows_read += len(frame)
-        report.rows += len(frame)
+        rows_read += n_rows
+        report.rows += n_rows
         tick(report.rows, chunk.fraction)
-    for line, reason in sorted(bad):
-        refuse(line, reason)
+    writer.finish()
     report.skipped += skipped
     log.info("%s: %d rows read, %d written, %d skipped", file, rows_read, writer.written,
              skipped)
