@@ -14,6 +14,7 @@ Pure functions on plain values: no database here.
 from __future__ import annotations
 
 import hashlib
+import re
 
 MAPPED_ID_BASE = 10**15
 MAX_EXTERNAL_CHARS = 256
@@ -35,21 +36,47 @@ def native(raw: object) -> int | None:
     return value if 1 <= value < MAPPED_ID_BASE else None
 
 
+# The external ids the API and the loaders take: 1 to 256 characters, no whitespace,
+# control character or "/" (ids travel in URL paths), not all zeros (0 is no id). Also
+# the OpenAPI pattern.
+EXTERNAL_PATTERN = r"^[^\s\x00-\x1f\x7f/]*[^\s\x00-\x1f\x7f/0][^\s\x00-\x1f\x7f/]*$"
+# One value of a comma-separated list (``exclude``): no comma, not starting with "[".
+LISTED_PATTERN = (r"^(?:[^\s\x00-\x1f\x7f/,\[0][^\s\x00-\x1f\x7f/,]*"
+                  r"|0+[^\s\x00-\x1f\x7f/,0][^\s\x00-\x1f\x7f/,]*)$")
+_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f/\ud800-\udfff]")
+
+
 def problem(raw: str) -> str | None:
     """Why the string ``raw`` cannot be an external id (None when it can): empty, longer
-    than 256 characters, a control character, surrounding spaces, or not valid Unicode."""
+    than 256 characters, whitespace, a control character or "/" in it, not valid Unicode,
+    or only zeros."""
     if not raw:
         return "is empty"
     if len(raw) > MAX_EXTERNAL_CHARS:
         return f"is longer than {MAX_EXTERNAL_CHARS} characters"
-    if raw != raw.strip():
-        return "has leading or trailing spaces"
-    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
-        return "holds a control character"
-    try:
-        raw.encode("utf-8")
-    except UnicodeEncodeError:
-        return "is not valid Unicode"
+    bad = _BAD_CHAR.search(raw)
+    if bad is not None:
+        c = bad.group()
+        if "\ud800" <= c <= "\udfff":
+            return "is not valid Unicode"
+        return "holds whitespace, a control character or a slash"
+    if raw.strip("0") == "":
+        return "is not a positive id"
+    return None
+
+
+def parse(raw: object) -> int | str | None:
+    """``raw`` as the engine's id (an int) or an external id (a str); None when it is
+    neither (see :func:`problem`)."""
+    nat = native(raw)
+    if nat is not None:
+        return nat
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return str(raw) if MAPPED_ID_BASE <= raw <= BIGINT_MAX else None
+    if isinstance(raw, str) and problem(raw) is None:
+        return raw
     return None
 
 

@@ -33,6 +33,7 @@ from serve import auth, errors
 from serve.auth import KeyCache
 from serve.blocks import BlockSet
 from serve.fallback import PopularCache, snapshot_path
+from serve.ids import IdNames
 from serve.metrics import Metrics
 from serve.store import BACKOFF_S, LIVE_TTL_S, DatabaseUnavailable, Store
 
@@ -53,6 +54,7 @@ class Services:
     metrics: Metrics
     read_keys_required: bool
     events_key_required: bool
+    names: IdNames
 
     def require(self, scope: str):
         """The request's API key if it grants ``scope`` (else a 401/403/503 error)."""
@@ -111,10 +113,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     metrics = Metrics(os.environ.get("RECS_METRICS_DIR") or None)
     metrics.start()
     svc = Services(settings, store, popular, blocks, KeyCache(store, key_ttl_s), metrics,
-                   read_keys, events_key)
+                   read_keys, events_key, IdNames(store))
     app.extensions["recs"] = svc
 
     from serve.admin import bp as admin_bp
+    from serve.catalog import bp as catalog_bp
     from serve.docs import bp as docs_bp
     from serve.events import bp as events_bp
     from serve.openapi import document
@@ -123,6 +126,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(recommendations_bp)
     app.register_blueprint(events_bp)
     app.register_blueprint(admin_bp)
+    app.register_blueprint(catalog_bp)
     app.register_blueprint(docs_bp)
     errors.register(app)
 

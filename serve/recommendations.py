@@ -26,7 +26,7 @@ from serve import validation
 from serve.app import services
 from serve.errors import ApiError, bad_request
 from serve.fallback import PopularList
-from serve.store import ANCHORS, DatabaseUnavailable, ListRead, UserRead
+from serve.store import ANCHORS, DatabaseUnavailable, ListRead, PreferencesRead, UserRead
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,39 @@ def blend(read: UserRead, exclude: Exclusions, limit: int, popular: PopularList,
     return top_up(merged, popular, blocked, limit)
 
 
+LIKED_REASON = "Because you liked {title}"
+CATEGORY_REASON = "Trending in {category}"
+
+
+def from_preferences(prefs: PreferencesRead, blocked: Exclusions, limit: int
+                     ) -> list[Entry]:
+    """The cold-start list of a user without a precomputed list: the similar items of
+    each liked item ("Because you liked X") and the trending items of each chosen
+    category ("Trending in C"), taken in turn, one from each list per round, in the
+    user's order; ``blocked`` (and what is taken) left out."""
+    sources = [(a.items, a.scores, LIKED_REASON.format(title=a.title), a.item_id)
+               for a in prefs.similar]
+    sources += [(items, scores, CATEGORY_REASON.format(category=cat), None)
+                for cat, items, scores in prefs.categories]
+    cursors = [0] * len(sources)
+    out: list[Entry] = []
+    while len(out) < limit and any(c < len(s[0]) for c, s in zip(cursors, sources,
+                                                                 strict=True)):
+        for k, (items, scores, reason, rid) in enumerate(sources):
+            while cursors[k] < len(items):
+                item, pos = items[cursors[k]], cursors[k]
+                cursors[k] += 1
+                if item in blocked:
+                    continue
+                blocked.add(item)
+                score = scores[pos] if pos < len(scores) else 0.0
+                out.append(entry(item, score, reason, rid, prefs.version))
+                break
+            if len(out) >= limit:
+                break
+    return out
+
+
 def payload(entries: list[Entry], *, fallback: bool, source: str, model_version: str | None,
             **ids: int | str | None) -> dict[str, Any]:
     return {"recommendations": entries, "experiment_id": None, "fallback": fallback,
@@ -167,11 +200,22 @@ def _limit() -> int:
                             s.serve_limit_max)
 
 
-def _optional_id(name: str) -> int | None:
+def _optional_id(name: str) -> int | str | None:
     raw = request.args.get(name)
     if raw is None:
         return None
-    return validation.positive_id(raw, name)
+    return validation.entity_id(raw, name)
+
+
+# An internal id no user or item has (ids start at 1): an unknown external id is read as
+# it, so that it gets the answer of a user or item without a list.
+UNKNOWN = 0
+
+
+def _respond(body: dict[str, Any], strict: bool = True) -> Response:
+    """``body`` with the clients' item ids (serve/ids.py), as JSON."""
+    body["recommendations"] = services().names.render(body["recommendations"], strict)
+    return jsonify(body)
 
 
 def _count_fallback(cause: str | None) -> None:
@@ -190,7 +234,7 @@ def _memory(exc: Exception, blocked: Exclusions, limit: int, **ids: int | str | 
         log.exception("database read failed; answering from memory")
     _count_fallback(cause)
     popular = services().popular.get(refresh=False)
-    return jsonify(popular_payload(popular, blocked, limit, "memory", **ids))
+    return _respond(popular_payload(popular, blocked, limit, "memory", **ids), strict=False)
 
 
 def _from_popular(read: UserRead | ListRead | None, blocked: Exclusions, limit: int,
@@ -229,38 +273,47 @@ def _read_key() -> None:
 
 @bp.get("/api/v1/recommendations/<user_id>")
 def recommendations(user_id: str) -> Response:
-    uid = validation.positive_id(user_id, "user_id")
+    given_user = validation.entity_id(user_id, "user_id")
     args = request.args
     limit = _limit()
     rec_type = validation.choice(args.get("type"), "type", validation.REC_TYPES,
                                  "personalized")
     context = validation.choice(args.get("context"), "context", validation.CONTEXTS, None)
-    item_id = _optional_id("item_id")
-    if context == "product_page" and item_id is None:
+    given_item = _optional_id("item_id")
+    if context == "product_page" and given_item is None:
         raise bad_request("item_id", "context=product_page requires item_id")
-    exclude = _exclusions(validation.exclude_ids(args.getlist("exclude"),
-                                                 services().settings.exclude_max))
-    if item_id is not None:
-        exclude.add(item_id)  # never recommend the item being looked at
+    given_exclude = validation.exclude_ids(args.getlist("exclude"),
+                                           services().settings.exclude_max)
     svc = services()
+    # The engine's own ids are excluded even when the database cannot map the others.
+    exclude = _exclusions(v for v in given_exclude if isinstance(v, int))
+    if isinstance(given_item, int):
+        exclude.add(given_item)
     try:
+        uid = svc.names.one("user", given_user) or UNKNOWN
+        item_id = None
+        if given_item is not None:
+            item_id = svc.names.one("item", given_item) or UNKNOWN
+        exclude.update(svc.names.internal("item", given_exclude).values())
+        if item_id is not None:
+            exclude.add(item_id)  # never recommend the item being looked at
         if rec_type == "personalized":
             page_item = item_id if context == "product_page" else None
-            return jsonify(_personalized(uid, exclude, limit, page_item))
+            return _respond(_personalized(uid, exclude, limit, page_item, given_user))
         # Enough of the list for this response whatever it excludes (the store adds
         # the user's recent items); the anchor is excluded too.
         fetch = limit + len(exclude.own) + 1 + _spare(exclude)
         if rec_type == "similar":
             read = svc.store.read_similar(item_id, user_id=uid, fetch=fetch)
-            return jsonify(_similar(read, exclude, limit, user_id=uid))
+            return _respond(_similar(read, exclude, limit, user_id=given_user))
         read = svc.store.read_trending("trending", user_id=uid, fetch=fetch)
-        return jsonify(_trending(read, exclude, limit, user_id=uid))
+        return _respond(_trending(read, exclude, limit, user_id=given_user))
     except DB_ERRORS as exc:
-        return _memory(exc, exclude, limit, user_id=uid)
+        return _memory(exc, exclude, limit, user_id=given_user)
 
 
-def _personalized(uid: int, exclude: Exclusions, limit: int, page_item: int | None
-                  ) -> dict[str, Any]:
+def _personalized(uid: int, exclude: Exclusions, limit: int, page_item: int | None,
+                  given_user: int | str) -> dict[str, Any]:
     svc = services()
     # What the response can use: the limit, plus every item that may be removed from
     # the list (excluded, blended in from anchors; the store adds the recent items).
@@ -270,11 +323,22 @@ def _personalized(uid: int, exclude: Exclusions, limit: int, page_item: int | No
     if read is None or read.items is None:
         blocked = exclude.copy()
         blocked.update(read.recent if read else ())
-        return _from_popular(read, blocked, limit, user_id=uid)
+        if read is not None and uid != UNKNOWN:
+            prefs = svc.store.read_preferences(uid, fetch=limit + len(blocked.own)
+                                               + _spare(exclude))
+            if prefs is not None and (prefs.similar or prefs.categories):
+                _count_fallback("missing_list")
+                blocked.update(prefs.liked)
+                entries = from_preferences(prefs, blocked, limit)
+                popular = svc.popular.for_version(prefs.version)
+                return payload(top_up(entries, popular, blocked, limit), fallback=True,
+                               source="preferences", model_version=prefs.version,
+                               user_id=given_user)
+        return _from_popular(read, blocked, limit, user_id=given_user)
     _count_fallback(read.degraded)
     entries = blend(read, exclude, limit, svc.popular.for_version(read.version), page_item)
     return payload(entries, fallback=read.degraded is not None, source="precomputed",
-                   model_version=read.version, user_id=uid)
+                   model_version=read.version, user_id=given_user)
 
 
 def _similar(read: ListRead | None, exclude: Exclusions, limit: int,
@@ -315,16 +379,20 @@ def _trending(read: ListRead | None, exclude: Exclusions, limit: int,
 
 @bp.get("/api/v1/similar/<item_id>")
 def similar(item_id: str) -> Response:
-    iid = validation.positive_id(item_id, "item_id")
+    given = validation.entity_id(item_id, "item_id")
     limit = _limit()
-    exclude = _exclusions({iid})
+    exclude = _exclusions({given} if isinstance(given, int) else ())
     try:
+        iid = services().names.one("item", given)
+        if iid is None:
+            raise ApiError(404, "not_found", f"item {given} is unknown", "item_id")
+        exclude.add(iid)
         read = services().store.read_similar(iid, fetch=limit + 1 + _spare(exclude))
         if read is not None and read.items is None and not read.anchor_known:
-            raise ApiError(404, "not_found", f"item {iid} is unknown", "item_id")
-        return jsonify(_similar(read, exclude, limit, item_id=iid))
+            raise ApiError(404, "not_found", f"item {given} is unknown", "item_id")
+        return _respond(_similar(read, exclude, limit, item_id=given))
     except DB_ERRORS as exc:
-        return _memory(exc, exclude, limit, item_id=iid)
+        return _memory(exc, exclude, limit, item_id=given)
 
 
 @bp.get("/api/v1/trending")
@@ -348,6 +416,6 @@ def trending() -> Response:
             read = store.read_trending(f"trending:category:{category}", fetch=fetch)
         else:
             read = store.read_trending("trending", fetch=fetch)
-        return jsonify(_trending(read, exclude, limit, **ids))
+        return _respond(_trending(read, exclude, limit, **ids))
     except DB_ERRORS as exc:
         return _memory(exc, exclude, limit, **ids)

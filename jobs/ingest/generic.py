@@ -368,7 +368,7 @@ def check_ids(col: pd.Series, name: str, chk: Checked) -> tuple[np.ndarray, np.n
     # The common case, vectorised: strings that are plain ids (native or external).
     length = strs.str.len().to_numpy()
     plain = is_str & ~digits & (length >= 1) & (length <= ids.MAX_EXTERNAL_CHARS) \
-        & ~strs.str.contains("[\x00-\x1f\x7f\ud800-\udfff]|^\\s|\\s$",
+        & ~strs.str.contains("[\\s\x00-\x1f\x7f/\ud800-\udfff]",
                              regex=True).to_numpy(dtype=bool)
     u_ext[plain] = u[plain].to_numpy()
     for j in np.flatnonzero(~plain):
@@ -396,11 +396,8 @@ def check_ids(col: pd.Series, name: str, chk: Checked) -> tuple[np.ndarray, np.n
             u_bad[j] = f"{name} {_short(v)} is not an integer or a string"
             continue
         why = ids.problem(v)
-        if why is not None and not (v.isascii() and v.isdigit()):
+        if why is not None:
             u_bad[j] = f"{name} {_short(v)} {why}"
-            continue
-        if v.isascii() and v.isdigit() and int(v) == 0:
-            u_bad[j] = f"{name} {v!r} is not a positive integer"
             continue
         u_ext[j] = v
     valid = codes >= 0
