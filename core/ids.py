@@ -3,7 +3,7 @@
 An id given as a plain positive integer below :data:`MAPPED_ID_BASE` (an int, or a
 string of ASCII digits) *is* the internal id: MovieLens, synthetic data and integer
 clients need no mapping. Any other id (``item_12345``, ``user-789``, an integer of 10^15
-or more) is an *external* id: the table ``external_ids`` (sql/012_external_ids.sql) gives
+or more) is an *external* id: the table ``external_ids`` (sql/013_external_ids.sql) gives
 it an internal id from ``external_id_seq``, which starts at :data:`MAPPED_ID_BASE`, so
 the two ranges never overlap and any internal id tells which kind it is. Mapped ids stay
 below 2^53, exact in a float64 and in any JSON client.
@@ -39,11 +39,14 @@ def native(raw: object) -> int | None:
 # The external ids the API and the loaders take: 1 to 256 characters, no whitespace,
 # control character or "/" (ids travel in URL paths), not all zeros (0 is no id). Also
 # the OpenAPI pattern.
-EXTERNAL_PATTERN = r"^[^\s\x00-\x1f\x7f/]*[^\s\x00-\x1f\x7f/0][^\s\x00-\x1f\x7f/]*$"
+# Characters no id may hold: controls (C0, DEL, C1), every Unicode space, "/". Spelled
+# out (no \s): JSON Schema (ECMA-262) and Python disagree on what \s is.
+_BAD = ("\\x00-\\x20\\x7f-\\xa0\\u1680\\u180e\\u2000-\\u200b\\u2028\\u2029\\u202f"
+        "\\u205f\\u3000\\ufeff/")
+EXTERNAL_PATTERN = f"^[^{_BAD}]*[^{_BAD}0][^{_BAD}]*$"
 # One value of a comma-separated list (``exclude``): no comma, not starting with "[".
-LISTED_PATTERN = (r"^(?:[^\s\x00-\x1f\x7f/,\[0][^\s\x00-\x1f\x7f/,]*"
-                  r"|0+[^\s\x00-\x1f\x7f/,0][^\s\x00-\x1f\x7f/,]*)$")
-_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f/\ud800-\udfff]")
+LISTED_PATTERN = f"^(?:[^{_BAD},\\[0][^{_BAD},]*|0+[^{_BAD},0][^{_BAD},]*)$"
+BAD_CHAR = re.compile(f"[{_BAD}\\ud800-\\udfff]|\\s")
 
 
 def problem(raw: str) -> str | None:
@@ -54,7 +57,7 @@ def problem(raw: str) -> str | None:
         return "is empty"
     if len(raw) > MAX_EXTERNAL_CHARS:
         return f"is longer than {MAX_EXTERNAL_CHARS} characters"
-    bad = _BAD_CHAR.search(raw)
+    bad = BAD_CHAR.search(raw)
     if bad is not None:
         c = bad.group()
         if "\ud800" <= c <= "\udfff":

@@ -130,6 +130,26 @@ def schemas(settings: Settings) -> dict[str, Any]:
         return {"type": "object", "properties": {**list_body, **extra},
                 "required": required + list(extra), "additionalProperties": False}
 
+    item_fields = {
+        "type": "object",
+        "description": "fields left out keep their stored values; a new item needs a "
+                       "title. available=false withdraws the item from every answer "
+                       f"within RECS_BLOCKS_REFRESH_S ({settings.blocks_refresh_s:g} s)",
+        "properties": {
+            "title": _text(validation.MAX_TITLE_CHARS),
+            "category": {"anyOf": [_text(validation.MAX_CATEGORY_CHARS), {"type": "null"}]},
+            "tags": {"anyOf": [{"type": "array", "maxItems": validation.MAX_TAGS,
+                                "items": _text(validation.MAX_TAG_CHARS)},
+                               {"type": "null"}]},
+            "description": {"anyOf": [_text(validation.MAX_DESCRIPTION_CHARS),
+                                      {"type": "null"}]},
+            "attributes": {"type": ["object", "null"],
+                           "description": f"at most {validation.MAX_ATTRIBUTES_BYTES} "
+                                          "bytes as JSON"},
+            "available": {"type": "boolean"},
+        },
+        "additionalProperties": False,
+    }
     return {
         "Recommendation": {
             "type": "object",
@@ -196,34 +216,20 @@ def schemas(settings: Settings) -> dict[str, Any]:
             "required": ["stored", "duplicates"],
             "additionalProperties": False,
         },
-        "ItemFields": {
-            "type": "object",
-            "description": "fields left out keep their stored values; a new item needs a "
-                           "title. available=false withdraws the item from every answer "
-                           f"within RECS_BLOCKS_REFRESH_S ({settings.blocks_refresh_s:g} s)",
-            "properties": {
-                "item_id": ID_SCHEMA,
-                "title": _text(validation.MAX_TITLE_CHARS),
-                "category": {"anyOf": [_text(validation.MAX_CATEGORY_CHARS),
-                                       {"type": "null"}]},
-                "tags": {"anyOf": [{"type": "array", "maxItems": validation.MAX_TAGS,
-                                    "items": _text(validation.MAX_TAG_CHARS)},
-                                   {"type": "null"}]},
-                "description": {"anyOf": [_text(validation.MAX_DESCRIPTION_CHARS),
-                                          {"type": "null"}]},
-                "attributes": {"type": ["object", "null"],
-                               "description": f"at most {validation.MAX_ATTRIBUTES_BYTES} "
-                                              "bytes as JSON"},
-                "available": {"type": "boolean"},
-            },
-            "additionalProperties": False,
-        },
+        "ItemFields": item_fields,
         "ItemBatch": {
             "type": "object",
             "properties": {"items": {
                 "type": "array", "minItems": 1, "maxItems": validation.MAX_ITEMS_BATCH,
-                "items": {"allOf": [_ref("ItemFields"), {"required": ["item_id"]}]}}},
+                "items": _ref("BatchItem")}},
             "required": ["items"],
+            "additionalProperties": False,
+        },
+        "BatchItem": {
+            "type": "object",
+            "properties": {"item_id": ID_SCHEMA,
+                           **item_fields["properties"]},
+            "required": ["item_id"],
             "additionalProperties": False,
         },
         "Written": {

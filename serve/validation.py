@@ -352,14 +352,14 @@ def item_put(raw: Any, prefix: str = "", path_id: int | str | None = None) -> It
     if unknown:
         raise bad_request(prefix + str(unknown[0]), f"{prefix}{unknown[0]} is not an item "
                           f"field ({', '.join(ITEM_FIELDS)})")
+    if path_id is not None and "item_id" in raw:
+        raise bad_request("item_id", "item_id is given by the path, not in the body")
     if path_id is None:
         if raw.get("item_id") is None:
             raise bad_request(prefix + "item_id", f"{prefix}item_id is required", code="missing")
         item_id = entity_id(raw["item_id"], prefix + "item_id")
     else:
         item_id = path_id
-        if raw.get("item_id") is not None and entity_id(raw["item_id"], "item_id") != path_id:
-            raise bad_request("item_id", "item_id in the body differs from the path's")
     fields: dict[str, Any] = {}
     if "title" in raw:
         fields["title"] = _text(raw["title"], prefix + "title", MAX_TITLE_CHARS, False)
@@ -403,6 +403,9 @@ def items_put(body: Any) -> list[ItemPut]:
     """``PUT /api/v1/items``: ``{"items": [...]}``, 1..1000 items, each id once."""
     if not isinstance(body, Mapping) or "items" not in body:
         raise bad_request("items", "the body must be {\"items\": [...]}", code="missing")
+    unknown = [k for k in body if k != "items"]
+    if unknown:
+        raise bad_request(str(unknown[0]), f"{unknown[0]} is not known (items)")
     batch = body["items"]
     if not isinstance(batch, list) or not 1 <= len(batch) <= MAX_ITEMS_BATCH:
         raise bad_request("items", f"items must be a list of 1 to {MAX_ITEMS_BATCH} items")
@@ -437,14 +440,14 @@ def user_put(body: Any) -> Preferences:
     if unknown:
         raise bad_request(f"preferences.{unknown[0]}", f"preferences.{unknown[0]} is not "
                           "known (categories, items)")
-    cats = prefs.get("categories") or []
+    cats = prefs.get("categories", [])
     if not isinstance(cats, list) or len(cats) > MAX_PREFERENCES:
         raise bad_request("preferences.categories", "preferences.categories must be a list "
                           f"of at most {MAX_PREFERENCES} category names")
     categories = list(dict.fromkeys(
         _text(c, f"preferences.categories[{i}]", MAX_CATEGORY_CHARS, False)
         for i, c in enumerate(cats)))
-    liked = prefs.get("items") or []
+    liked = prefs.get("items", [])
     if not isinstance(liked, list) or len(liked) > MAX_PREFERENCES:
         raise bad_request("preferences.items", "preferences.items must be a list of at most "
                           f"{MAX_PREFERENCES} item ids")

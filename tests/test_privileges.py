@@ -45,7 +45,7 @@ REFUSED_TO_READER = [
     "INSERT INTO api_keys (name, prefix, salt, key_hash, scopes) "
     "VALUES ('x', 'x', 'x', 'x', '{admin}')",
     "DELETE FROM rerank_rules",
-    # The catalog API writes items' own fields (sql/013_catalog_api.sql), nothing else.
+    # The catalog API writes items' own fields (sql/014_catalog_api.sql), nothing else.
     "INSERT INTO items (item_id, title, popularity) VALUES (999999, 'x', 1)",
     "UPDATE items SET popularity = 1",
     "DELETE FROM items",

@@ -368,8 +368,7 @@ def check_ids(col: pd.Series, name: str, chk: Checked) -> tuple[np.ndarray, np.n
     # The common case, vectorised: strings that are plain ids (native or external).
     length = strs.str.len().to_numpy()
     plain = is_str & ~digits & (length >= 1) & (length <= ids.MAX_EXTERNAL_CHARS) \
-        & ~strs.str.contains("[\\s\x00-\x1f\x7f/\ud800-\udfff]",
-                             regex=True).to_numpy(dtype=bool)
+        & ~strs.str.contains(ids.BAD_CHAR.pattern, regex=True).to_numpy(dtype=bool)
     u_ext[plain] = u[plain].to_numpy()
     for j in np.flatnonzero(~plain):
         v = uniques[j]
