@@ -73,10 +73,15 @@ ANSWER_ID = {"anyOf": [{"type": "integer", "minimum": 1},
              "description": "the id as the client sent or loaded it"}
 
 
+# In a URL every id is text: the engine's integer in digits, or the client's own id.
+URL_ID = {"type": "string", "minLength": 1, "maxLength": ids.MAX_EXTERNAL_CHARS,
+          "pattern": ids.EXTERNAL_PATTERN}
+
+
 def _id_param(name: str, where: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": where, "required": where == "path",
             "description": description + " (an integer, or the client's own id)",
-            "schema": ID_SCHEMA}
+            "schema": URL_ID}
 
 
 def _text(max_chars: int) -> dict[str, Any]:
@@ -300,9 +305,7 @@ def document(settings: Settings, read_keys_required: bool = True) -> dict[str, A
          "description": "item ids never to return: repeated and/or comma-separated",
          "style": "form", "explode": True,
          "schema": {"type": "array", "maxItems": settings.exclude_max,
-                    "items": {"anyOf": [ID_SCHEMA["anyOf"][0],
-                                        {**ID_SCHEMA["anyOf"][1],
-                                         "pattern": ids.LISTED_PATTERN}]}}},
+                    "items": {**URL_ID, "pattern": ids.LISTED_PATTERN}}},
     ]
     security_events = [{"ApiKey": []}, {"Bearer": []}]
     security_reads = security_events if read_keys_required else []

@@ -76,6 +76,18 @@ def test_put_one_item_new_changed_unchanged_and_partial(client, dsn):
     assert changed[0] == "Red shoes II" and changed[3] is None and changed[6] > first[6]
 
 
+def test_a_loaded_item_and_a_put_one_share_the_clients_id(client, dsn, tmp_path):
+    from jobs.ingest import generic
+
+    (tmp_path / "items.csv").write_text("item_id,title\nsku-7,Loaded title\n")
+    generic.load("items", tmp_path / "items.csv", dsn=dsn)
+    assert client.put("/api/v1/items/sku-7", json={"title": "Put title"}).get_json() == \
+        {"created": 0, "updated": 1, "unchanged": 0}
+    assert sql(dsn, "SELECT i.title FROM items i JOIN external_ids x ON x.internal_id = "
+                    "i.item_id AND x.entity_type = 'item' WHERE x.external_id = 'sku-7'") == \
+        [("Put title",)]
+
+
 def test_put_batch_is_all_or_nothing_and_names_the_field(client, dsn):
     r = client.put("/api/v1/items", json={"items": [
         {"item_id": "b-1", "title": "One"}, {"item_id": 10, "title": "Movie 10 (new cut)"},

@@ -111,6 +111,10 @@ def test_a_bad_row_names_file_line_and_reason_and_writes_nothing(dsn, tmp_path):
     ("u,i,view,2026-11-01T00:00:00Z,11,,", "value '11' is outside 0..10"),
     ("u,i,view,2026-11-01T00:00:00Z,,[1],", "context must be a JSON object"),
     (",i,view,2026-11-01T00:00:00Z,,,", "user_id is missing"),
+    ("u 1,i,view,2026-11-01T00:00:00Z,,,", "user_id 'u 1' holds whitespace"),
+    ("u,a/b,view,2026-11-01T00:00:00Z,,,", "item_id 'a/b' holds whitespace, a control "
+                                           "character or a slash"),
+    ("000,i,view,2026-11-01T00:00:00Z,,,", "user_id '000' is not a positive id"),
     ("u,i,view", "expected 7 fields, got 3"),
 ])
 def test_each_check_names_its_reason(dsn, tmp_path, line, reason):
@@ -238,3 +242,36 @@ def test_cli_loads_names_the_bad_line_and_keeps_the_movielens_form(settings, tmp
     assert cli.main(["load", "synthetic", "--users", "20", "--items", "10",
                      "--events", "200", "--days", "3"]) == 0
     assert "synthetic: 200 interactions" in capsys.readouterr().out
+
+
+def test_the_progress_bar_on_a_terminal_and_in_a_log():
+    import io
+
+    from cli.load_progress import LoadProgress, bar_line
+
+    p = generic.Progress("events", 1_250_000, 0.5, "f.csv", 3, 6, 4.0)
+    assert bar_line(p) == ("events [##########..........]  50%  1,250,000 rows  "
+                           "312,500 rows/s  file 3/6")
+    now = [0.0]
+    out = io.StringIO()
+    bar = LoadProgress(out, tty=True, clock=lambda: now[0])
+    bar(p)  # before the first quarter second: nothing
+    now[0] = 0.3
+    bar(p)
+    bar.close()
+    assert out.getvalue() == "\r" + bar_line(p) + "\n"
+    log = io.StringIO()
+    bar = LoadProgress(log, tty=False, every_s=10, clock=lambda: now[0])
+    for t in (1.0, 11.0, 12.0, 21.5):
+        now[0] = t
+        bar(p)
+    assert log.getvalue().count("\n") == 2  # every 10 s in a log
+    short = io.StringIO()
+    LoadProgress(short, tty=False, clock=lambda: 0.0)(dataclasses_replace(p, fraction=1.0))
+    assert short.getvalue() == ""  # a short load: the closing line says it all
+
+
+def dataclasses_replace(p, **kw):
+    import dataclasses
+
+    return dataclasses.replace(p, **kw)
