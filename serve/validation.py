@@ -40,21 +40,6 @@ MAX_ID_CHARS = 30  # leading zeros allowed, up to this many characters
 _COUNTRY = re.compile(r"[A-Za-z]{2}")
 
 
-def positive_id(raw: Any, field: str) -> int:
-    """A positive BIGINT from an int or a string of digits."""
-    if isinstance(raw, bool):
-        raise bad_request(field, f"{field} must be a positive integer")
-    if isinstance(raw, int):
-        value = raw
-    elif isinstance(raw, str) and _DIGITS.fullmatch(raw) and len(raw) <= MAX_ID_CHARS:
-        value = int(raw)
-    else:
-        raise bad_request(field, f"{field} must be a positive integer")
-    if not 1 <= value <= BIGINT_MAX:
-        raise bad_request(field, f"{field} must be between 1 and {BIGINT_MAX}")
-    return value
-
-
 def entity_id(raw: Any, field: str) -> int | str:
     """A user or item id as the client gives it: the engine's id (a positive integer below
     10^15, or its digits) or an external id (core/ids.py: 1 to 256 characters, no
