@@ -192,9 +192,17 @@ def cmd_maintenance(args, s) -> int:
 
 # --- data ------------------------------------------------------------------------------
 
+IMPORT_KINDS = ("events", "items", "users")
+
+
 def cmd_load(args, s) -> int:
     from jobs.ingest import load as loader
 
+    if args.source in IMPORT_KINDS:
+        return cmd_import(args, s)
+    if args.path is not None or args.map:
+        raise CliError(f"recs load {args.source}: PATH and --map are for "
+                       f"`recs load {'|'.join(IMPORT_KINDS)} PATH`")
     if args.source == "synthetic":
         from jobs.ingest.synthetic import shape_config
 
@@ -210,6 +218,45 @@ def cmd_load(args, s) -> int:
         report = loader.load_movielens(path, dsn=s.dsn, skip_bad=args.skip_bad)
     print(report_line(report))
     return 0
+
+
+def cmd_import(args, s) -> int:
+    """``recs load events|items|users PATH``: jobs/ingest/generic.py, with progress."""
+    from cli.load_progress import LoadProgress
+    from jobs.ingest import generic
+
+    if args.path is None:
+        raise CliError(f"recs load {args.source} PATH: give the file or folder to load")
+    try:
+        mapping = generic.parse_map(args.map or [], args.source)
+    except generic.ImportSpecError as exc:
+        raise CliError(str(exc)) from None
+    bar = LoadProgress(sys.stderr)
+    try:
+        report = generic.load(args.source, Path(args.path), dsn=s.dsn, mapping=mapping,
+                              skip_bad=args.skip_bad, progress=bar)
+    except generic.ImportSpecError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        bar.close()
+    print(import_line(report))
+    return 0
+
+
+def import_line(report) -> str:
+    """One line: what a ``recs load events|items|users`` did."""
+    what = {"events": "events stored", "items": "items new or changed",
+            "users": "users new or changed"}[report.kind]
+    line = (f"{report.kind}: {report.rows} rows read, {report.written} written "
+            f"({what}) from {report.files_loaded} of {report.files} files"
+            f" in {report.seconds:.1f}s ({report.rows_per_s:,.0f} rows/s)")
+    if report.files_already:
+        line += f"; {report.files_already} files already loaded, skipped"
+    if report.mapped_ids:
+        line += f"; {report.mapped_ids} new external ids mapped"
+    if report.skipped:
+        line += f"; skipped {report.skipped} bad rows: " + "; ".join(report.skipped_reasons[:3])
+    return line
 
 
 def report_line(report) -> str:
@@ -547,9 +594,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "default partition, retention (RECS_RETENTION_DAYS)").set_defaults(
         func=cmd_maintenance)
 
-    load = sub.add_parser("load", help="load a MovieLens folder or synthetic data")
-    load.add_argument("source", help="path to a MovieLens folder (ml-latest-small, ml-100k, "
-                      "ml-1m layouts) or 'synthetic'")
+    load = sub.add_parser("load", help="load events, items or users of your own "
+                          "(CSV, Parquet, JSON Lines), a MovieLens folder or synthetic data")
+    load.add_argument("source", help="events, items or users (then PATH), a MovieLens "
+                      "folder (ml-latest-small, ml-100k, ml-1m layouts) or 'synthetic'")
+    load.add_argument("path", nargs="?", help="with events|items|users: a file or a folder "
+                      "of .csv, .parquet, .jsonl/.ndjson files (.gz allowed on text); the "
+                      "schema is in docs/data.md")
+    load.add_argument("--map", action="append", metavar="COLUMN=FILE_COLUMN",
+                      help="read a schema column from a differently named file column, "
+                      "e.g. --map user_id=customer_id (repeatable)")
     load.add_argument("--skip-bad", action="store_true",
                       help="count and report bad rows instead of stopping")
     # Synthetic sizes left out take the shape's values; given ones override them.

@@ -251,20 +251,24 @@ def blocked_item_ids(rows: Sequence[Row], items: Iterable[tuple[int, object, obj
 
 def blocked_items(conn, path: Path | str | None = None) -> frozenset[int]:
     """Ids of the items the ``rerank_rules`` table and the file at ``path`` block,
-    resolved against the catalog (``items``). ``conn``: a psycopg2 connection (the
-    caller's transaction is used; nothing is committed)."""
+    resolved against the catalog (``items``), and the items marked unavailable.
+    ``conn``: a psycopg2 connection (the caller's transaction is used; nothing is
+    committed)."""
     rows = read_table(conn)
     if path is not None and str(path):
         rows += read_file(path)
+    with conn.cursor() as cur:  # items withdrawn from the catalog count as blocked
+        cur.execute("SELECT item_id FROM items WHERE NOT available")
+        unavailable = frozenset(int(r[0]) for r in cur.fetchall())
     if not any(k in ("block_category", "block_tag") for k, _, _ in rows):
-        return blocked_item_ids(rows, [])
+        return blocked_item_ids(rows, []) | unavailable
     cats = [v for k, v, _ in rows if k == "block_category"]
     with conn.cursor() as cur:
         # Candidates only (the category index; a tag's case is checked in Python).
         cur.execute("SELECT item_id, category, tags FROM items WHERE category = ANY(%s) "
                     "OR cardinality(tags) > 0", (cats,))
         catalog = cur.fetchall()
-    return blocked_item_ids(rows, catalog)
+    return blocked_item_ids(rows, catalog) | unavailable
 
 
 def drop_blocked(items: Sequence[int], *parallel: Sequence, blocked: frozenset[int]

@@ -12,7 +12,8 @@ event post (the reader's budget is 10 ms) and would let anyone burn server CPU w
 keys. The salt costs nothing and keeps equal secrets (there are none) from sharing a hash.
 
 Scopes: ``read`` (reads, when reads are keyed), ``events`` (posting events; includes
-read) and ``admin`` (admin endpoints; includes both).
+read), ``catalog`` (``PUT`` items and users' preferences; includes read) and ``admin``
+(admin endpoints; includes all).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import re
 import secrets
 from dataclasses import dataclass
 
-SCOPES = ("read", "events", "admin")
+SCOPES = ("read", "events", "catalog", "admin")
 # What each scope grants.
 GRANTS = {"read": frozenset({"read"}), "events": frozenset({"read", "events"}),
-          "admin": frozenset({"read", "events", "admin"})}
+          "catalog": frozenset({"read", "catalog"}),
+          "admin": frozenset({"read", "events", "catalog", "admin"})}
 KEY_RE = re.compile(r"recs_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 MAX_NAME_CHARS = 100
 

@@ -39,6 +39,7 @@ from serve.blocks import BlockSet
 from serve.experiments import ExperimentSet
 from serve.exposures import ExposureLog
 from serve.fallback import PopularCache, snapshot_path
+from serve.ids import IdNames
 from serve.metrics import Metrics
 from serve.store import BACKOFF_S, LIVE_TTL_S, DatabaseUnavailable, Store
 
@@ -59,6 +60,7 @@ class Services:
     metrics: Metrics
     read_keys_required: bool
     events_key_required: bool
+    names: IdNames
     # None while experiments are off (settings.experiments_enabled = 0).
     experiments: ExperimentSet | None = None
     exposures: ExposureLog | None = None
@@ -129,10 +131,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         if not test_config.pop("EXPOSURE_THREAD_OFF", False):
             exposures.start()
     svc = Services(settings, store, popular, blocks, KeyCache(store, key_ttl_s), metrics,
-                   read_keys, events_key, experiments, exposures)
+                   read_keys, events_key, IdNames(store), experiments, exposures)
     app.extensions["recs"] = svc
 
     from serve.admin import bp as admin_bp
+    from serve.catalog import bp as catalog_bp
     from serve.docs import bp as docs_bp
     from serve.events import bp as events_bp
     from serve.openapi import document
@@ -141,6 +144,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(recommendations_bp)
     app.register_blueprint(events_bp)
     app.register_blueprint(admin_bp)
+    app.register_blueprint(catalog_bp)
     app.register_blueprint(docs_bp)
     errors.register(app)
 

@@ -3,7 +3,8 @@
 The rules are those of docs/rules.md: ``block_item``, ``block_category`` (the item's
 catalog category, matched exactly) and ``block_tag`` (one of the item's tags,
 case-insensitively), from the ``rerank_rules`` table and the file named by
-``RECS_RULES_FILE``, together. One query resolves them to item ids; it runs at most once
+``RECS_RULES_FILE``, together; and every item marked unavailable (``items.available``,
+set through ``PUT /api/v1/items``). One query resolves them to item ids; it runs at most once
 per ``ttl_s`` per process (lazily, by the first request after that, which does not make
 other requests wait), never once per request. While the database cannot be read, the
 last set is kept (a rule added then takes effect once it can be read again).
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 # After a failed refresh, try again this soon.
 RETRY_S = 1.0
 
-# The table's block rules and the file's (passed as two arrays), resolved to item ids.
+# The table's block rules and the file's (passed as two arrays), resolved to item ids,
+# and the items marked unavailable (PUT /api/v1/items, items.available).
 BLOCKED_SQL = """
 WITH r AS (
     SELECT kind, value FROM rerank_rules
@@ -41,6 +43,8 @@ WITH r AS (
 SELECT value::bigint FROM r WHERE kind = 'block_item'
 UNION
 SELECT i.item_id FROM items i JOIN r ON r.kind = 'block_category' AND i.category = r.value
+UNION
+SELECT item_id FROM items WHERE NOT available
 UNION
 SELECT i.item_id FROM items i
 WHERE EXISTS (SELECT 1 FROM r WHERE r.kind = 'block_tag')

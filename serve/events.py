@@ -4,6 +4,8 @@ Needs an API key with the ``events`` scope (unless ``RECS_EVENTS_KEY_REQUIRED=fa
 The reply is 201 ``{"stored": n, "duplicates": m}`` only after the commit; events with
 an ``event_id`` are stored under a stable hash of it, so a retried batch is stored once.
 While the database is down the reply is 503 with ``Retry-After``: nothing was stored.
+Ids may be the client's own (``user_789``): they are mapped to internal ids first
+(serve/ids.py), new ones created.
 
 Events must be timed within the accepted window (settings ``event_max_age_days``,
 ``event_max_ahead_days``): one event outside it refuses the batch with 422. Each stored
@@ -12,6 +14,8 @@ parser cannot take (malformed, nested too deep for it) is a 400, never a 500.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.exceptions import BadRequest
@@ -51,7 +55,12 @@ def post_events() -> Response:
         svc.metrics.inc("recs_events_total", outcome="rejected")
         raise
     try:
-        stored = svc.store.insert_events([e.row() for e in events])
+        # The clients' own ids (item_12345) are mapped first (serve/ids.py).
+        users = svc.names.create("user", [e.user_id for e in events])
+        items = svc.names.create("item", [e.item_id for e in events])
+        stored = svc.store.insert_events([
+            dataclasses.replace(e, user_id=users[e.user_id], item_id=items[e.item_id]).row()
+            for e in events])
     except DatabaseUnavailable:
         svc.metrics.inc("recs_events_total", len(events), outcome="unavailable")
         raise unavailable() from None

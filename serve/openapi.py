@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from core import ids
 from core.constants import EVENT_TYPES
 from core.settings import Settings
 from serve import validation
 
 BIGINT_MAX = validation.BIGINT_MAX
-SOURCES = ["precomputed", "similar", "trending", "popular", "memory"]
+SOURCES = ["precomputed", "similar", "trending", "popular", "preferences", "memory"]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -64,17 +65,61 @@ def _limit(settings: Settings) -> dict[str, Any]:
                        "default": settings.serve_limit_default}}
 
 
+# A user or item id as clients send it (core/ids.py): the engine's integer, or the
+# client's own id (``item_12345``), which the reader maps and answers with.
+ID_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 1, "maximum": BIGINT_MAX},
+                       {"type": "string", "minLength": 1, "maxLength": ids.MAX_EXTERNAL_CHARS,
+                        "pattern": ids.EXTERNAL_PATTERN}]}
+ANSWER_ID = {"anyOf": [{"type": "integer", "minimum": 1},
+                       {"type": "string", "minLength": 1}],
+             "description": "the id as the client sent or loaded it"}
+
+
+# In a URL every id is text: the engine's integer in digits, or the client's own id.
+URL_ID = {"type": "string", "minLength": 1, "maxLength": ids.MAX_EXTERNAL_CHARS,
+          "pattern": ids.EXTERNAL_PATTERN}
+
+
 def _id_param(name: str, where: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": where, "required": where == "path",
-            "description": description,
-            "schema": {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}}
+            "description": description + " (an integer, or the client's own id)",
+            "schema": URL_ID}
+
+
+def _text(max_chars: int) -> dict[str, Any]:
+    """A string with a non-space character, no NUL, at most ``max_chars`` long."""
+    return {"type": "string", "minLength": 1, "maxLength": max_chars,
+            "pattern": "^[^\\x00]*[^\\x00\\s][^\\x00]*$"}
+
+
+def _write_op(op_id: str, summary: str, body: str, ok: str, ok_description: str,
+              params: list[dict[str, Any]]) -> dict[str, Any]:
+    """A catalog write (PUT): the catalog or admin scope."""
+    return {"put": {
+        "operationId": op_id,
+        "summary": summary,
+        "security": [{"ApiKey": []}, {"Bearer": []}],
+        "parameters": params,
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": _ref(body)}}},
+        "responses": {
+            "200": _json(_ref(ok), ok_description),
+            "400": _error("the body or the id is invalid; error.field names it"),
+            "401": _error("no API key, or an invalid or revoked one", AUTH_HEADER),
+            "403": _error("the API key lacks the catalog (or admin) scope"),
+            "404": _error("no such path"),
+            "405": _error("method not allowed", ALLOW),
+            "413": _error("the body is larger than 1 MB"),
+            "415": _error("the body is not declared as JSON"),
+            "429": _error(RATE_LIMITED + ": nothing was written", RETRY_AFTER),
+            "503": _error("the database is unavailable: nothing was written", RETRY_AFTER),
+        },
+    }}
 
 
 def schemas(settings: Settings) -> dict[str, Any]:
     """The component schemas (JSON Schema 2020-12, as OpenAPI 3.1 uses)."""
-    ident = {"anyOf": [{"type": "integer", "minimum": 1, "maximum": BIGINT_MAX},
-                       {"type": "string", "pattern": "^0*[1-9][0-9]{0,17}$",
-                        "maxLength": validation.MAX_ID_CHARS}]}
+    ident = ID_SCHEMA
     version = {"type": ["string", "null"]}
     list_body = {
         "recommendations": {"type": "array", "items": _ref("Recommendation"),
@@ -102,21 +147,41 @@ def schemas(settings: Settings) -> dict[str, Any]:
         return {"type": "object", "properties": {**list_body, **extra},
                 "required": required + list(extra), "additionalProperties": False}
 
+    item_fields = {
+        "type": "object",
+        "description": "fields left out keep their stored values; a new item needs a "
+                       "title. available=false withdraws the item from every answer "
+                       f"within RECS_BLOCKS_REFRESH_S ({settings.blocks_refresh_s:g} s)",
+        "properties": {
+            "title": _text(validation.MAX_TITLE_CHARS),
+            "category": {"anyOf": [_text(validation.MAX_CATEGORY_CHARS), {"type": "null"}]},
+            "tags": {"anyOf": [{"type": "array", "maxItems": validation.MAX_TAGS,
+                                "items": _text(validation.MAX_TAG_CHARS)},
+                               {"type": "null"}]},
+            "description": {"anyOf": [_text(validation.MAX_DESCRIPTION_CHARS),
+                                      {"type": "null"}]},
+            "attributes": {"type": ["object", "null"],
+                           "description": f"at most {validation.MAX_ATTRIBUTES_BYTES} "
+                                          "bytes as JSON"},
+            "available": {"type": "boolean"},
+        },
+        "additionalProperties": False,
+    }
     return {
         "Recommendation": {
             "type": "object",
             "properties": {
-                "item_id": {"type": "integer", "minimum": 1},
+                "item_id": ANSWER_ID,
                 "score": {"type": "number"},
                 "reason": {"type": "string"},
-                "reason_item_id": {"type": ["integer", "null"]},
+                "reason_item_id": {"anyOf": [*ANSWER_ID["anyOf"], {"type": "null"}]},
                 "model_version": version,
             },
             "required": ["item_id", "score", "reason", "reason_item_id", "model_version"],
             "additionalProperties": False,
         },
-        "Recommendations": answer({"user_id": {"type": "integer", "minimum": 1}}),
-        "SimilarItems": answer({"item_id": {"type": "integer", "minimum": 1}}),
+        "Recommendations": answer({"user_id": ANSWER_ID}),
+        "SimilarItems": answer({"item_id": ANSWER_ID}),
         "Trending": answer({"category": {"type": ["string", "null"]},
                             "country": {"type": ["string", "null"],
                                         "pattern": "^[A-Z]{2}$"}}),
@@ -171,6 +236,53 @@ def schemas(settings: Settings) -> dict[str, Any]:
             "required": ["stored", "duplicates"],
             "additionalProperties": False,
         },
+        "ItemFields": item_fields,
+        "ItemBatch": {
+            "type": "object",
+            "properties": {"items": {
+                "type": "array", "minItems": 1, "maxItems": validation.MAX_ITEMS_BATCH,
+                "items": _ref("BatchItem")}},
+            "required": ["items"],
+            "additionalProperties": False,
+        },
+        "BatchItem": {
+            "type": "object",
+            "properties": {"item_id": ID_SCHEMA,
+                           **item_fields["properties"]},
+            "required": ["item_id"],
+            "additionalProperties": False,
+        },
+        "Written": {
+            "type": "object",
+            "properties": {k: {"type": "integer", "minimum": 0}
+                           for k in ("created", "updated", "unchanged")},
+            "required": ["created", "updated", "unchanged"],
+            "additionalProperties": False,
+        },
+        "UserPreferences": {
+            "type": "object",
+            "properties": {"preferences": {
+                "type": "object",
+                "properties": {
+                    "categories": {"type": "array", "maxItems": validation.MAX_PREFERENCES,
+                                   "items": _text(validation.MAX_CATEGORY_CHARS)},
+                    "items": {"type": "array", "maxItems": validation.MAX_PREFERENCES,
+                              "items": ID_SCHEMA}},
+                "additionalProperties": False}},
+            "required": ["preferences"],
+            "additionalProperties": False,
+        },
+        "UserWritten": {
+            "type": "object",
+            "properties": {
+                "user_id": ANSWER_ID,
+                "preferences": {"type": "object", "properties": {
+                    "categories": {"type": "array", "items": {"type": "string"}},
+                    "items": {"type": "array", "items": ANSWER_ID}},
+                    "required": ["categories", "items"], "additionalProperties": False}},
+            "required": ["user_id", "preferences"],
+            "additionalProperties": False,
+        },
         "Health": {
             "type": "object",
             "properties": {"status": {"const": "ok"}, "pid": {"type": "integer"}},
@@ -208,7 +320,7 @@ def document(settings: Settings, read_keys_required: bool = True) -> dict[str, A
          "description": "item ids never to return: repeated and/or comma-separated",
          "style": "form", "explode": True,
          "schema": {"type": "array", "maxItems": settings.exclude_max,
-                    "items": {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}}},
+                    "items": {**URL_ID, "pattern": ids.LISTED_PATTERN}}},
     ]
     security_events = [{"ApiKey": []}, {"Bearer": []}]
     security_reads = security_events if read_keys_required else []
@@ -276,6 +388,17 @@ def document(settings: Settings, read_keys_required: bool = True) -> dict[str, A
                                   RETRY_AFTER),
                 },
             }},
+            "/api/v1/items/{item_id}": _write_op(
+                "putItem", "Create or change one catalog item (catalog scope)", "ItemFields",
+                "Written", "written (after the commit)",
+                [_id_param("item_id", "path", "the item")]),
+            "/api/v1/items": _write_op(
+                "putItems", "Create or change up to 1,000 items, all or nothing (catalog "
+                            "scope)", "ItemBatch", "Written", "written (after the commit)", []),
+            "/api/v1/users/{user_id}": _write_op(
+                "putUser", "A user's onboarding preferences: categories and liked items "
+                           "(catalog scope)", "UserPreferences", "UserWritten",
+                "written (after the commit)", [_id_param("user_id", "path", "the user")]),
             "/api/v1/admin/status": {"get": {
                 "operationId": "getAdminStatus",
                 "summary": "What this worker serves (admin scope)",

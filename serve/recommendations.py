@@ -44,7 +44,14 @@ from serve.errors import ApiError, bad_request
 from serve.experiments import Route
 from serve.exposures import Exposure
 from serve.fallback import PopularList
-from serve.store import ANCHORS, DatabaseUnavailable, ListRead, Pin, UserRead
+from serve.store import (
+    ANCHORS,
+    DatabaseUnavailable,
+    ListRead,
+    Pin,
+    PreferencesRead,
+    UserRead,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +171,39 @@ def blend(read: UserRead, exclude: Exclusions, limit: int, popular: PopularList,
     return top_up(merged, popular, blocked, limit)
 
 
+LIKED_REASON = "Because you liked {title}"
+CATEGORY_REASON = "Trending in {category}"
+
+
+def from_preferences(prefs: PreferencesRead, blocked: Exclusions, limit: int
+                     ) -> list[Entry]:
+    """The cold-start list of a user without a precomputed list: the similar items of
+    each liked item ("Because you liked X") and the trending items of each chosen
+    category ("Trending in C"), taken in turn, one from each list per round, in the
+    user's order; ``blocked`` (and what is taken) left out."""
+    sources = [(a.items, a.scores, LIKED_REASON.format(title=a.title), a.item_id)
+               for a in prefs.similar]
+    sources += [(items, scores, CATEGORY_REASON.format(category=cat), None)
+                for cat, items, scores in prefs.categories]
+    cursors = [0] * len(sources)
+    out: list[Entry] = []
+    while len(out) < limit and any(c < len(s[0]) for c, s in zip(cursors, sources,
+                                                                 strict=True)):
+        for k, (items, scores, reason, rid) in enumerate(sources):
+            while cursors[k] < len(items):
+                item, pos = items[cursors[k]], cursors[k]
+                cursors[k] += 1
+                if item in blocked:
+                    continue
+                blocked.add(item)
+                score = scores[pos] if pos < len(scores) else 0.0
+                out.append(entry(item, score, reason, rid, prefs.version))
+                break
+            if len(out) >= limit:
+                break
+    return out
+
+
 def payload(entries: list[Entry], *, fallback: bool, source: str, model_version: str | None,
             **ids: int | str | None) -> dict[str, Any]:
     return {"recommendations": entries, "experiment_id": None, "variant": None,
@@ -198,11 +238,22 @@ def _limit() -> int:
                             s.serve_limit_max)
 
 
-def _optional_id(name: str) -> int | None:
+def _optional_id(name: str) -> int | str | None:
     raw = request.args.get(name)
     if raw is None:
         return None
-    return validation.positive_id(raw, name)
+    return validation.entity_id(raw, name)
+
+
+# An internal id no user or item has (ids start at 1): an unknown external id is read as
+# it, so that it gets the answer of a user or item without a list.
+UNKNOWN = 0
+
+
+def _respond(body: dict[str, Any], strict: bool = True) -> Response:
+    """``body`` with the clients' item ids (serve/ids.py), as JSON."""
+    body["recommendations"] = services().names.render(body["recommendations"], strict)
+    return jsonify(body)
 
 
 def _count_fallback(cause: str | None) -> None:
@@ -214,7 +265,7 @@ def _count_fallback(cause: str | None) -> None:
 def _memory(exc: Exception, blocked: Exclusions, limit: int, **ids: int | str | None
             ) -> Response:
     """The answer while the database is down, too slow or failing."""
-    return jsonify(_memory_body(exc, blocked, limit, **ids))
+    return _respond(_memory_body(exc, blocked, limit, **ids), strict=False)
 
 
 def _memory_body(exc: Exception, blocked: Exclusions, limit: int, **ids: int | str | None
@@ -274,30 +325,43 @@ def _request_id_header(resp: Response) -> Response:
 
 @bp.get("/api/v1/recommendations/<user_id>")
 def recommendations(user_id: str) -> Response:
-    uid = validation.positive_id(user_id, "user_id")
+    given_user = validation.entity_id(user_id, "user_id")
     args = request.args
     limit = _limit()
     rec_type = validation.choice(args.get("type"), "type", validation.REC_TYPES,
                                  "personalized")
     context = validation.choice(args.get("context"), "context", validation.CONTEXTS, None)
-    item_id = _optional_id("item_id")
-    if context == "product_page" and item_id is None:
+    given_item = _optional_id("item_id")
+    if context == "product_page" and given_item is None:
         raise bad_request("item_id", "context=product_page requires item_id")
-    exclude = _exclusions(validation.exclude_ids(args.getlist("exclude"),
-                                                 services().settings.exclude_max))
-    if item_id is not None:
-        exclude.add(item_id)  # never recommend the item being looked at
+    given_exclude = validation.exclude_ids(args.getlist("exclude"),
+                                           services().settings.exclude_max)
     svc = services()
-    route = svc.experiments.route(uid) if svc.experiments is not None else None
+    # The engine's own ids are excluded even when the database cannot map the others.
+    exclude = _exclusions(v for v in given_exclude if isinstance(v, int))
+    if isinstance(given_item, int):
+        exclude.add(given_item)
+    route: Route | None = None
     teams: list[int] | None = None
+    uid, strict = UNKNOWN, True
     try:
+        uid = svc.names.one("user", given_user) or UNKNOWN
+        item_id = None
+        if given_item is not None:
+            item_id = svc.names.one("item", given_item) or UNKNOWN
+        exclude.update(svc.names.internal("item", given_exclude).values())
+        if item_id is not None:
+            exclude.add(item_id)  # never recommend the item being looked at
+        if svc.experiments is not None and uid != UNKNOWN:
+            route = svc.experiments.route(uid)
         if rec_type == "personalized":
             page_item = item_id if context == "product_page" else None
             if route is not None and route.arms:
-                body, teams = _interleaved(uid, exclude, limit, page_item, route)
+                body, teams = _interleaved(uid, exclude, limit, page_item, route,
+                                           given_user)
             else:
-                body = _personalized(uid, exclude, limit, page_item, _pin(route),
-                                     blended=_blended(route))
+                body = _personalized(uid, exclude, limit, page_item, given_user,
+                                     _pin(route), blended=_blended(route))
         else:
             # Enough of the list for this response whatever it excludes (the store adds
             # the user's recent items); the anchor is excluded too.
@@ -308,14 +372,16 @@ def recommendations(user_id: str) -> Response:
             if rec_type == "similar":
                 read = _read_pinned(svc.store.read_similar, pin, item_id=item_id,
                                     user_id=uid, fetch=fetch)
-                body = _similar(read, exclude, limit, user_id=uid)
+                body = _similar(read, exclude, limit, user_id=given_user)
             else:
                 read = _read_pinned(svc.store.read_trending, pin, list_name="trending",
                                     user_id=uid, fetch=fetch)
-                body = _trending(read, exclude, limit, user_id=uid)
+                body = _trending(read, exclude, limit, user_id=given_user)
     except DB_ERRORS as exc:
-        body = _memory_body(exc, exclude, limit, user_id=uid)
-    return jsonify(_serve(body, uid, rec_type, route, teams))
+        body = _memory_body(exc, exclude, limit, user_id=given_user)
+        strict = False  # items this worker cannot name are left out
+    # The exposure log keeps the engine's ids; the client gets its own (serve/ids.py).
+    return _respond(_serve(body, uid, rec_type, route, teams), strict=strict)
 
 
 def _pin(route: Route | None, changes: Any = None) -> Pin | None:
@@ -384,20 +450,22 @@ def _serve(body: dict[str, Any], uid: int, rec_type: str, route: Route | None,
 
 
 def _interleaved(uid: int, exclude: Exclusions, limit: int, page_item: int | None,
-                 route: Route) -> tuple[dict[str, Any], list[int]]:
+                 route: Route, given_user: int | str) -> tuple[dict[str, Any], list[int]]:
     """One team-draft interleaved list of the experiment's variants' lists (seeded by the
     user and request ids), and each item's team."""
-    bodies = [_personalized(uid, exclude, limit, page_item, _pin(route, arm.changes),
-                            blended=_blended(route, arm.changes)) for arm in route.arms]
+    bodies = [_personalized(uid, exclude, limit, page_item, given_user,
+                            _pin(route, arm.changes), blended=_blended(route, arm.changes))
+              for arm in route.arms]
     entries, teams = interleave(bodies, limit, request_rng(uid, g.request_id))
     body = payload(entries, fallback=any(b["fallback"] for b in bodies),
                    source=bodies[0]["source"], model_version=bodies[0]["model_version"],
-                   user_id=uid)
+                   user_id=given_user)
     return body, teams
 
 
 def _personalized(uid: int, exclude: Exclusions, limit: int, page_item: int | None,
-                  pin: Pin | None = None, blended: bool = True) -> dict[str, Any]:
+                  given_user: int | str, pin: Pin | None = None,
+                  blended: bool = True) -> dict[str, Any]:
     svc = services()
     # What the response can use: the limit, plus every item that may be removed from
     # the list (excluded, blended in from anchors; the store adds the recent items).
@@ -408,13 +476,24 @@ def _personalized(uid: int, exclude: Exclusions, limit: int, page_item: int | No
     if read is None or read.items is None:
         blocked = exclude.copy()
         blocked.update(read.recent if read else ())
-        return _from_popular(read, blocked, limit, user_id=uid)
+        if read is not None and uid != UNKNOWN:
+            prefs = svc.store.read_preferences(uid, fetch=limit + len(blocked.own)
+                                               + _spare(exclude))
+            if prefs is not None and (prefs.similar or prefs.categories):
+                _count_fallback("missing_list")
+                blocked.update(prefs.liked)
+                entries = from_preferences(prefs, blocked, limit)
+                popular = svc.popular.for_version(prefs.version)
+                return payload(top_up(entries, popular, blocked, limit), fallback=True,
+                               source="preferences", model_version=prefs.version,
+                               user_id=given_user)
+        return _from_popular(read, blocked, limit, user_id=given_user)
     _count_fallback(read.degraded)
     if not blended:
         read = dataclasses.replace(read, anchors=[])
     entries = blend(read, exclude, limit, svc.popular.for_version(read.version), page_item)
     return payload(entries, fallback=read.degraded is not None, source="precomputed",
-                   model_version=read.version, user_id=uid)
+                   model_version=read.version, user_id=given_user)
 
 
 def _similar(read: ListRead | None, exclude: Exclusions, limit: int,
@@ -455,16 +534,20 @@ def _trending(read: ListRead | None, exclude: Exclusions, limit: int,
 
 @bp.get("/api/v1/similar/<item_id>")
 def similar(item_id: str) -> Response:
-    iid = validation.positive_id(item_id, "item_id")
+    given = validation.entity_id(item_id, "item_id")
     limit = _limit()
-    exclude = _exclusions({iid})
+    exclude = _exclusions({given} if isinstance(given, int) else ())
     try:
+        iid = services().names.one("item", given)
+        if iid is None:
+            raise ApiError(404, "not_found", f"item {given} is unknown", "item_id")
+        exclude.add(iid)
         read = services().store.read_similar(iid, fetch=limit + 1 + _spare(exclude))
         if read is not None and read.items is None and not read.anchor_known:
-            raise ApiError(404, "not_found", f"item {iid} is unknown", "item_id")
-        return jsonify(_similar(read, exclude, limit, item_id=iid))
+            raise ApiError(404, "not_found", f"item {given} is unknown", "item_id")
+        return _respond(_similar(read, exclude, limit, item_id=given))
     except DB_ERRORS as exc:
-        return _memory(exc, exclude, limit, item_id=iid)
+        return _memory(exc, exclude, limit, item_id=given)
 
 
 @bp.get("/api/v1/trending")
@@ -488,6 +571,6 @@ def trending() -> Response:
             read = store.read_trending(f"trending:category:{category}", fetch=fetch)
         else:
             read = store.read_trending("trending", fetch=fetch)
-        return jsonify(_trending(read, exclude, limit, **ids))
+        return _respond(_trending(read, exclude, limit, **ids))
     except DB_ERRORS as exc:
         return _memory(exc, exclude, limit, **ids)

@@ -161,6 +161,18 @@ class ListRead:
     degraded: str | None = None
 
 
+@dataclass(frozen=True)
+class PreferencesRead:
+    """A user's onboarding preferences as lists: the liked items, their similar lists
+    (as anchors) and the chosen categories' trending lists, in the user's order."""
+
+    version: str
+    liked: list[int]
+    similar: list[Anchor]
+    categories: list[tuple[str, list[int], list[float]]]
+    degraded: str | None = None
+
+
 # --- SQL ---------------------------------------------------------------------------------
 
 # A version "has lists" when its recommendations partition holds a row.
@@ -300,6 +312,38 @@ LEFT JOIN LATERAL (
 LEFT JOIN trending c ON c.model_version = %(version)s AND c.list_name = %(fill_list)s
 """
 
+# The cold-start answer's lists (a user without a precomputed list): the similar lists
+# of the items the user liked at onboarding, and the trending lists of the categories
+# chosen, in the user's order; ``liked`` is every liked item (never recommended back).
+PREFERENCES_SQL = """
+WITH p AS (SELECT preferences FROM users WHERE user_id = %(user_id)s),
+liked AS (SELECT x::bigint AS item_id, o
+          FROM p, jsonb_array_elements_text(
+                  CASE WHEN jsonb_typeof(p.preferences->'items') = 'array'
+                       THEN p.preferences->'items' ELSE '[]' END) WITH ORDINALITY AS e(x, o)
+          WHERE x ~ '^[0-9]{1,18}$'),
+cats AS (SELECT c, o
+         FROM p, jsonb_array_elements_text(
+                 CASE WHEN jsonb_typeof(p.preferences->'categories') = 'array'
+                      THEN p.preferences->'categories' ELSE '[]' END) WITH ORDINALITY AS e(c, o))
+SELECT (SELECT live_version FROM serving_state) AS live_version,
+       (SELECT array_agg(item_id ORDER BY o) FROM liked) AS liked,
+       (SELECT json_agg(json_build_object(
+                   'item_id', l.item_id, 'title', COALESCE(i.title, 'item ' || l.item_id),
+                   'items', s.items[1:%(fetch)s], 'scores', s.scores[1:%(fetch)s])
+                   ORDER BY l.o)
+          FROM liked l
+          JOIN similar_items s ON s.model_version = %(version)s AND s.item_id = l.item_id
+          LEFT JOIN items i ON i.item_id = l.item_id) AS similar,
+       (SELECT json_agg(json_build_object(
+                   'category', c.c, 'items', t.items[1:%(fetch)s],
+                   'scores', t.scores[1:%(fetch)s]) ORDER BY c.o)
+          FROM cats c
+          JOIN trending t ON t.model_version = %(version)s
+                         AND t.list_name = 'trending:category:' || c.c) AS categories,
+       true
+"""
+
 POPULAR_SQL = """
 SELECT items, scores FROM trending WHERE model_version = %(version)s AND list_name = 'popular'
 """
@@ -371,6 +415,7 @@ USER_TRENDING = statement("recs_user_trending", USER_TRENDING_SQL)
 TRENDING = statement("recs_trending", TRENDING_SQL)
 TRENDING_FILTERED = statement("recs_trending_filtered", TRENDING_FILTERED_SQL)
 POPULAR = statement("recs_popular", POPULAR_SQL)
+PREFERENCES = statement("recs_preferences", PREFERENCES_SQL)
 LOOKUP_KEY = statement("recs_lookup_key", LOOKUP_KEY_SQL.replace("%s", "%(prefix)s"))
 
 
@@ -766,6 +811,21 @@ class Store:
                         fill_items=fill[0], fill_scores=fill[1], fill_reasons=fill[2],
                         degraded=state.degraded)
 
+    def read_preferences(self, user_id: int, fetch: int = 100) -> PreferencesRead | None:
+        """The cold-start lists of a user's onboarding preferences (None: no version)."""
+        got = self._read(PREFERENCES, {"user_id": user_id, "fetch": fetch})
+        if got is None:
+            return None
+        state, row = got
+        _, liked, similar, categories = row
+        return PreferencesRead(
+            state.version or "", [int(x) for x in liked or []],
+            [Anchor(int(a["item_id"]), a["title"], [int(x) for x in a["items"] or []],
+                    [float(x) for x in a["scores"] or []]) for a in similar or []],
+            [(c["category"], [int(x) for x in c["items"] or []],
+              [float(x) for x in c["scores"] or []]) for c in categories or []],
+            state.degraded)
+
     def read_popular(self, version: str | None = None
                      ) -> tuple[str, list[int], list[float]] | None:
         """The 'popular' list of ``version`` (default: the served one); None if absent."""
@@ -783,6 +843,16 @@ class Store:
         return self.fetchone(LOOKUP_KEY, {"prefix": prefix})
 
     # -- writes --
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[psycopg2.extensions.cursor]:
+        """A cursor in one transaction on a write connection (the writes' breaker):
+        committed when the block ends, rolled back if it raises."""
+        with self.connection("write") as conn:
+            conn.autocommit = False
+            with conn, conn.cursor() as cur:
+                yield cur
+            conn.autocommit = True
 
     def insert_events(self, rows: Sequence[tuple]) -> int:
         """Store event rows in one transaction; returns how many were new.

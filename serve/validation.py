@@ -13,7 +13,6 @@ JSONB refuse; nesting is bounded before anything recursive runs on it.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import re
 import uuid
@@ -21,7 +20,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core import ids
 from core.constants import EVENT_TYPES
+from core.ids import stable_event_id  # the one definition, shared with the loaders
 from serve.errors import ApiError, bad_request
 
 BIGINT_MAX = 2**63 - 1
@@ -40,18 +41,18 @@ MAX_ID_CHARS = 30  # leading zeros allowed, up to this many characters
 _COUNTRY = re.compile(r"[A-Za-z]{2}")
 
 
-def positive_id(raw: Any, field: str) -> int:
-    """A positive BIGINT from an int or a string of digits."""
-    if isinstance(raw, bool):
-        raise bad_request(field, f"{field} must be a positive integer")
-    if isinstance(raw, int):
-        value = raw
-    elif isinstance(raw, str) and _DIGITS.fullmatch(raw) and len(raw) <= MAX_ID_CHARS:
-        value = int(raw)
-    else:
-        raise bad_request(field, f"{field} must be a positive integer")
-    if not 1 <= value <= BIGINT_MAX:
-        raise bad_request(field, f"{field} must be between 1 and {BIGINT_MAX}")
+def entity_id(raw: Any, field: str) -> int | str:
+    """A user or item id as the client gives it: the engine's id (a positive integer below
+    10^15, or its digits) or an external id (core/ids.py: 1 to 256 characters, no
+    whitespace or control character, not all zeros), which the caller maps."""
+    value = ids.parse(raw)
+    if value is None:
+        if isinstance(raw, str):
+            why = ids.problem(raw) or "is not an id"
+            raise bad_request(field, f"{field} {why}: an id is a positive integer or 1 to "
+                                     f"{ids.MAX_EXTERNAL_CHARS} characters without "
+                                     "whitespace or a slash")
+        raise bad_request(field, f"{field} must be a positive integer or a string id")
     return value
 
 
@@ -77,10 +78,10 @@ def choice(raw: str | None, field: str, allowed: tuple[str, ...], default: str |
     return raw
 
 
-def exclude_ids(values: Iterable[str], maximum: int) -> frozenset[int]:
+def exclude_ids(values: Iterable[str], maximum: int) -> frozenset[int | str]:
     """``exclude``: ids comma-separated and/or repeated (``[1,2]`` also accepted); an
     empty value or an empty id between commas is an error."""
-    ids: set[int] = set()
+    found: set[int | str] = set()
     given = 0
     for value in values:
         if value.startswith("[") and value.endswith("]"):
@@ -89,8 +90,8 @@ def exclude_ids(values: Iterable[str], maximum: int) -> frozenset[int]:
             given += 1  # repeats count: the limit bounds the work a request may ask for
             if given > maximum:
                 raise bad_request("exclude", f"exclude takes at most {maximum} ids")
-            ids.add(positive_id(part.strip(), "exclude"))
-    return frozenset(ids)
+            found.add(entity_id(part.strip(), "exclude"))
+    return frozenset(found)
 
 
 def category(raw: str | None) -> str | None:
@@ -131,8 +132,8 @@ class Window:
 @dataclass(frozen=True)
 class Event:
     event_id: int | None
-    user_id: int
-    item_id: int
+    user_id: int | str  # a str: an external id, mapped before the event is stored
+    item_id: int | str
     event_type: str
     rating: float | None
     timestamp: dt.datetime  # aware, UTC
@@ -177,13 +178,6 @@ def _check_tree(value: Any, field: str) -> None:
                     stack.append((item, depth + 1))
             else:
                 stack.extend((item, depth + 1) for item in node)
-
-
-def stable_event_id(raw: str) -> int:
-    """A stable 63-bit id for a client's event id (blake2b), so retries store once.
-    ``raw`` must be valid Unicode (:func:`clean_text`)."""
-    digest = hashlib.blake2b(raw.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & BIGINT_MAX
 
 
 def timestamp(raw: Any, field: str, now: dt.datetime, window: Window = Window()
@@ -241,8 +235,8 @@ def event(raw: Any, prefix: str, now: dt.datetime, window: Window = Window(),
     for key in ("user_id", "item_id", "event_type", "timestamp"):
         if raw.get(key) is None:
             raise bad_request(name(key), f"{name(key)} is required", code="missing")
-    user_id = positive_id(raw["user_id"], name("user_id"))
-    item_id = positive_id(raw["item_id"], name("item_id"))
+    user_id = entity_id(raw["user_id"], name("user_id"))
+    item_id = entity_id(raw["item_id"], name("item_id"))
     event_type = raw["event_type"]
     if event_type not in EVENT_TYPES:
         raise bad_request(name("event_type"),
@@ -317,3 +311,149 @@ def event_body(body: Any, now: dt.datetime | None = None, window: Window = Windo
     if not 1 <= len(batch) <= MAX_BATCH:
         raise bad_request("events", f"events must hold 1 to {MAX_BATCH} events")
     return [event(raw, f"events[{i}].", now, window, key_id) for i, raw in enumerate(batch)]
+
+
+# --- catalog and users (PUT) ---------------------------------------------------------------
+
+MAX_ITEMS_BATCH = 1000
+MAX_TITLE_CHARS = 1000
+MAX_DESCRIPTION_CHARS = 10_000
+MAX_TAGS = 100
+MAX_TAG_CHARS = 100
+MAX_ATTRIBUTES_BYTES = 4096
+MAX_PREFERENCES = 100
+ITEM_FIELDS = ("title", "category", "tags", "description", "attributes", "available")
+
+
+@dataclass(frozen=True)
+class ItemPut:
+    """One item of a PUT: its id as the client gave it and the fields given (absent
+    fields keep their stored values; ``attributes`` as JSON text)."""
+
+    item_id: int | str
+    fields: dict[str, Any]
+    field_prefix: str = ""
+
+
+def _text(raw: Any, field: str, max_chars: int, nullable: bool) -> str | None:
+    if raw is None and nullable:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise bad_request(field, f"{field} must be a string with a non-space character"
+                          + (" or null" if nullable else ""))
+    if len(raw) > max_chars:
+        raise bad_request(field, f"{field} must have at most {max_chars} characters")
+    return clean_text(raw.strip(), field)
+
+
+def item_put(raw: Any, prefix: str = "", path_id: int | str | None = None) -> ItemPut:
+    """One item object of ``PUT /api/v1/items[/{id}]``; errors name ``prefix`` + field."""
+    where = prefix.rstrip(".") or None
+    if not isinstance(raw, Mapping):
+        raise bad_request(where, "an item must be a JSON object")
+    unknown = [k for k in raw if k not in (*ITEM_FIELDS, "item_id")]
+    if unknown:
+        raise bad_request(prefix + str(unknown[0]), f"{prefix}{unknown[0]} is not an item "
+                          f"field ({', '.join(ITEM_FIELDS)})")
+    if path_id is not None and "item_id" in raw:
+        raise bad_request("item_id", "item_id is given by the path, not in the body")
+    if path_id is None:
+        if raw.get("item_id") is None:
+            raise bad_request(prefix + "item_id", f"{prefix}item_id is required", code="missing")
+        item_id = entity_id(raw["item_id"], prefix + "item_id")
+    else:
+        item_id = path_id
+    fields: dict[str, Any] = {}
+    if "title" in raw:
+        fields["title"] = _text(raw["title"], prefix + "title", MAX_TITLE_CHARS, False)
+    if "category" in raw:
+        fields["category"] = _text(raw["category"], prefix + "category",
+                                   MAX_CATEGORY_CHARS, True)
+    if "description" in raw:
+        fields["description"] = _text(raw["description"], prefix + "description",
+                                      MAX_DESCRIPTION_CHARS, True)
+    if "tags" in raw:
+        tags = raw["tags"]
+        name = prefix + "tags"
+        if tags is None:
+            tags = []
+        if not isinstance(tags, list) or len(tags) > MAX_TAGS:
+            raise bad_request(name, f"{name} must be a list of at most {MAX_TAGS} strings")
+        fields["tags"] = list(dict.fromkeys(
+            _text(t, f"{name}[{i}]", MAX_TAG_CHARS, False) for i, t in enumerate(tags)))
+    if "attributes" in raw:
+        name = prefix + "attributes"
+        attrs = {} if raw["attributes"] is None else raw["attributes"]
+        if not isinstance(attrs, Mapping):
+            raise bad_request(name, f"{name} must be a JSON object")
+        _check_tree(attrs, name)
+        try:
+            text = json.dumps(attrs, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False, sort_keys=True)
+        except ValueError:
+            raise bad_request(name, f"{name} holds NaN or Infinity") from None
+        if len(text.encode("utf-8")) > MAX_ATTRIBUTES_BYTES:
+            raise bad_request(name, f"{name} is larger than {MAX_ATTRIBUTES_BYTES} bytes")
+        fields["attributes"] = text
+    if "available" in raw:
+        if not isinstance(raw["available"], bool):
+            raise bad_request(prefix + "available", f"{prefix}available must be true or false")
+        fields["available"] = raw["available"]
+    return ItemPut(item_id, fields, prefix)
+
+
+def items_put(body: Any) -> list[ItemPut]:
+    """``PUT /api/v1/items``: ``{"items": [...]}``, 1..1000 items, each id once."""
+    if not isinstance(body, Mapping) or "items" not in body:
+        raise bad_request("items", "the body must be {\"items\": [...]}", code="missing")
+    unknown = [k for k in body if k != "items"]
+    if unknown:
+        raise bad_request(str(unknown[0]), f"{unknown[0]} is not known (items)")
+    batch = body["items"]
+    if not isinstance(batch, list) or not 1 <= len(batch) <= MAX_ITEMS_BATCH:
+        raise bad_request("items", f"items must be a list of 1 to {MAX_ITEMS_BATCH} items")
+    out = [item_put(raw, f"items[{i}].") for i, raw in enumerate(batch)]
+    seen: set[int | str] = set()
+    for i, put in enumerate(out):
+        if put.item_id in seen:
+            raise bad_request(f"items[{i}].item_id", f"items[{i}].item_id appears twice")
+        seen.add(put.item_id)
+    return out
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """Onboarding answers: category names and liked items (the client's ids)."""
+
+    categories: list[str]
+    items: list[int | str]
+
+
+def user_put(body: Any) -> Preferences:
+    """``PUT /api/v1/users/{id}``: ``{"preferences": {"categories": [...], "items": [...]}}``."""
+    if not isinstance(body, Mapping):
+        raise bad_request(None, "the body must be a JSON object")
+    unknown = [k for k in body if k != "preferences"]
+    if unknown:
+        raise bad_request(str(unknown[0]), f"{unknown[0]} is not a user field (preferences)")
+    prefs = body.get("preferences")
+    if not isinstance(prefs, Mapping):
+        raise bad_request("preferences", "preferences must be a JSON object", code="missing")
+    unknown = [k for k in prefs if k not in ("categories", "items")]
+    if unknown:
+        raise bad_request(f"preferences.{unknown[0]}", f"preferences.{unknown[0]} is not "
+                          "known (categories, items)")
+    cats = prefs.get("categories", [])
+    if not isinstance(cats, list) or len(cats) > MAX_PREFERENCES:
+        raise bad_request("preferences.categories", "preferences.categories must be a list "
+                          f"of at most {MAX_PREFERENCES} category names")
+    categories = list(dict.fromkeys(
+        _text(c, f"preferences.categories[{i}]", MAX_CATEGORY_CHARS, False)
+        for i, c in enumerate(cats)))
+    liked = prefs.get("items", [])
+    if not isinstance(liked, list) or len(liked) > MAX_PREFERENCES:
+        raise bad_request("preferences.items", "preferences.items must be a list of at most "
+                          f"{MAX_PREFERENCES} item ids")
+    items = list(dict.fromkeys(entity_id(v, f"preferences.items[{i}]")
+                               for i, v in enumerate(liked)))
+    return Preferences(categories, items)

@@ -45,7 +45,14 @@ REFUSED_TO_READER = [
     "INSERT INTO api_keys (name, prefix, salt, key_hash, scopes) "
     "VALUES ('x', 'x', 'x', 'x', '{admin}')",
     "DELETE FROM rerank_rules",
-    "INSERT INTO items (item_id, title) VALUES (999999, 'x')",
+    # The catalog API writes items' own fields (sql/014_catalog_api.sql), nothing else.
+    "INSERT INTO items (item_id, title, popularity) VALUES (999999, 'x', 1)",
+    "UPDATE items SET popularity = 1",
+    "DELETE FROM items",
+    "UPDATE users SET country = 'FR'",
+    "DELETE FROM users",
+    "UPDATE external_ids SET internal_id = internal_id + 1",
+    "DELETE FROM external_ids",
     "UPDATE serving_state SET live_version = NULL",
     "SELECT * FROM users",
     "SELECT * FROM embeddings",
