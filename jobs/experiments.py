@@ -210,11 +210,17 @@ def check_layer_free(cur, exp: Experiment) -> None:
     others = [s.experiment for s in _select(cur, "status = 'running' AND layer = %s "
                                                  "AND experiment_key <> %s",
                                             (exp.layer, exp.key))]
-    try:
+    lo, hi = exp.layer_range
+    clash = [o for o in others if o.layer_range[0] < hi and lo < o.layer_range[1]]
+    if clash:
+        names = ", ".join(f"{o.key!r} {o.layer_range!r}" for o in clash)
+        raise _bad(exp.key, "layer_range", f"{exp.layer_range!r} overlaps running {names} "
+                   f"in layer {exp.layer!r}; a user may be in at most one running "
+                   "experiment per layer")
+    try:  # the same rule as the reader's check of everything it loads
         assignment.validate([*others, exp])
     except ValueError as exc:
-        raise ExperimentError(f"{exc}; a user may be in at most one running experiment "
-                              "per layer") from None
+        raise ExperimentError(str(exc)) from None
 
 
 # --- storage ------------------------------------------------------------------------------
