@@ -654,7 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=8080)
     ui.add_argument("--host", default="127.0.0.1")
     ui.set_defaults(func=cmd_airflow_ui)
-    from cli import keys, status
+    from cli import experiments, keys, status
+    experiments.register(sub)
     keys.register(sub)
     status.register(sub)
     return p
