@@ -282,3 +282,26 @@ def test_dag_parses_with_its_graph_and_policy(tmp_path):
     assert dag["timetable_args"]["expression"] == "30 1 * * *"
     for t in dag["tasks"].values():
         assert t["retries"] == 2 and t["timeout"] is not None
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_the_dag_analyses_a_running_experiment(planted, settings, dsn, monkeypatch):
+    """One real run of the ``experiments`` DAG (`airflow dags test`, metadata in the test
+    database): ``due`` finds the running experiment and the mapped ``analyse`` writes its
+    results and decision."""
+    from cli import main as cli_main
+    from core.db import sqlalchemy_url
+
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", sqlalchemy_url(dsn))
+    cli_main.airflow_db_ready(settings)
+    cli_main.airflow(settings, "dags", "test", "experiments", "2025-03-04T01:30:00+00:00",
+                     capture=True)
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT state FROM dag_run WHERE dag_id = 'experiments'")
+        assert cur.fetchall() == [("success",)]
+        cur.execute("SELECT DISTINCT day FROM experiment_decisions "
+                    "WHERE experiment_key = 'lift'")
+        days = [r[0] for r in cur.fetchall()]
+    assert len(days) == 1 and days[0] >= DAY, days
+    assert results(dsn, "lift", days[0]), "no results for the analysed day"
