@@ -158,7 +158,7 @@ def test_operator_logs_in_sees_the_dags_and_runs_daily(site, tmp_path):
             for dag_id in ("daily", "nearline", "hourly", "maintenance"):
                 link = page.locator(f'a[data-testid="dag-id"][href="/dags/{dag_id}"]')
                 expect(link).to_have_text(dag_id)
-            expect(page.get_by_text("4 Dags")).to_be_visible()
+            expect(page.get_by_text("5 Dags")).to_be_visible()
             assert page.get_by_text("Import Error").count() == 0
             assert site.api("/api/v2/importErrors")["total_entries"] == 0
             page.screenshot(path=str(tmp_path / "dags.png"))

@@ -226,8 +226,10 @@ def test_no_database_and_no_snapshot(tmp_path):
         assert r.status_code == 503 and "recommendations" not in r.json()
         # Reads open (the opt-out): the answer from memory, here empty.
         elapsed, body = _timed_get(open_reads, "/api/v1/recommendations/7")
-        assert body == {"recommendations": [], "experiment_id": None, "fallback": True,
-                        "source": "memory", "user_id": 7, "model_version": None}
+        assert len(body.pop("request_id")) == 36  # every answer names its request
+        assert body == {"recommendations": [], "experiment_id": None, "variant": None,
+                        "fallback": True, "source": "memory", "user_id": 7,
+                        "model_version": None}
         assert server.get("/readyz").status_code == 503
         r = server.post("/api/v1/events", event(7, 1))
         assert r.status_code == 503 and "Retry-After" in r.headers
