@@ -89,21 +89,37 @@ def db_up(s) -> str:
             f"{where}")
 
 
-def ensure_airflow_database(s) -> None:
+def ensure_airflow_database(s) -> bool:
+    """Create the database ``airflow`` next to the project's when Airflow's metadata is to
+    live there (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN unset). Returns True when that is
+    where it lives; False when the environment names another database (the user's
+    choice, created by its administrator: nothing is created)."""
     import psycopg2
     import psycopg2.extensions
 
+    from cli.airflow_env import metadata_conn, metadata_url
     from core.db import libpq_dsn
 
+    if metadata_conn(s) != metadata_url(s):
+        return False
     conn = psycopg2.connect(libpq_dsn(s.dsn))
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = 'airflow'")
             if cur.fetchone() is None:
-                cur.execute("CREATE DATABASE airflow")
+                try:
+                    cur.execute("CREATE DATABASE airflow")
+                except psycopg2.errors.InsufficientPrivilege:
+                    raise CliError(
+                        "the user of RECS_DATABASE_URL may not create the database "
+                        "'airflow' for Airflow's metadata: set "
+                        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN to a database Airflow may "
+                        "use (docs/operations.md, \"Your own Postgres\"), or have an "
+                        "administrator create 'airflow' owned by that user") from None
     finally:
         conn.close()
+    return True
 
 
 def cmd_db_up(args, s) -> int:
@@ -130,13 +146,27 @@ def cmd_migrate(args, s) -> int:
 
 
 def cmd_db_init(args, s) -> int:
-    from core import migrate
+    """The schema, the roles' grants and Airflow's metadata on a server the project does
+    not manage; re-runnable. What the user of RECS_DATABASE_URL needs is in
+    docs/operations.md, "Your own Postgres"."""
+    import psycopg2
 
-    ensure_airflow_database(s)
-    applied = migrate.apply(s.dsn)
-    print(f"applied: {', '.join(applied) or 'nothing new'}; airflow database present")
+    from cli.airflow_env import metadata_conn
+    from core import migrate
+    from core.db import redact
+
+    ours = ensure_airflow_database(s)
+    try:
+        applied = migrate.apply(s.dsn)
+    except (migrate.MigrationError, psycopg2.Error) as exc:
+        raise CliError(f"{str(exc).strip()}\n(what the user of RECS_DATABASE_URL needs: "
+                       "docs/operations.md, \"Your own Postgres\")") from None
+    print(f"applied: {', '.join(applied) or 'nothing new'}")
     for line in enable_role_logins(s):
         print(line)
+    airflow_db_ready(s)  # fails here, not in the first pipeline run, if Airflow cannot
+    print(f"Airflow metadata ready in {redact(metadata_conn(s))}"
+          f"{'' if ours else ' (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)'}")
     return 0
 
 
