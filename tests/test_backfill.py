@@ -127,9 +127,15 @@ def test_backfill_equals_separate_runs_and_reruns_are_idempotent(monkeypatch):
         # Re-runs replaced outputs in place: same versions, one lake folder per date, no
         # temporary leftovers, at most one partition per version.
         assert site.sql("SELECT model_version FROM model_runs ORDER BY 1") == versions_before
-        for dataset in ("events", "pairs", "als", "index", "lists", "item_stats"):
+        for dataset in ("items", "pairs", "als", "index", "lists", "item_stats"):
             names = sorted(p.name for p in (home / "lake" / dataset).iterdir())
             assert names == [f"dt={d.isoformat()}" for d in DATES], (dataset, names)
+        # Events: one folder per event day (every day of the data, extracted once or
+        # again for late events), and the extract's watermark; nothing temporary.
+        names = {p.name for p in (home / "lake" / "event_days").iterdir()}
+        days = sorted(names - {"_state.json"})
+        assert "_state.json" in names and all(n.startswith("day=") for n in days), names
+        assert days[-1] == f"day={max(DATES).isoformat()}", days
         parts = site.sql("""SELECT pg_get_expr(c.relpartbound, c.oid), count(*)
                             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
                             WHERE i.inhparent = 'recommendations'::regclass GROUP BY 1""")
