@@ -3,7 +3,8 @@
 extract -> prepare -> [Spark ALS, Spark co-visitation, text embeddings -> two-tower,
 item stats, FAISS index] -> evaluate (the ranker cross-fitted on the held-out users; every
 generator, the ranker and the full pipeline scored; the lists to publish chosen) -> gate
--> precompute (the chosen lists: candidates, ranking, re-ranking, reasons) -> publish.
+-> precompute (the chosen lists: candidates, ranking, re-ranking, reasons) -> publish
+-> variants (the lists of running experiments' precompute variants, their users only).
 
 Wiring only: every step is a function in jobs/daily.py; heavy imports happen inside the
 tasks; XCom carries paths and small dicts. Each run covers its data interval (one day),
@@ -88,6 +89,10 @@ def daily():
     def publish(result: dict, pairs: dict, lists: dict, stats: dict) -> dict:
         return steps.publish(result, pairs, lists, stats)
 
+    @task
+    def variants(published: dict) -> dict:
+        return steps.variants(published)
+
     extracted = extract()
     pairs = prepare(extracted)
     train_als = spark_task("train_als", steps.ALS_APP, pairs["als_args"])
@@ -101,7 +106,7 @@ def daily():
     [train_als, covisit] >> result
     lists = precompute(pairs, extracted, index, text, two_tower, result)
     gate(result) >> lists
-    publish(result, pairs, lists, stats)
+    variants(publish(result, pairs, lists, stats))
 
 
 daily()

@@ -72,3 +72,49 @@ def digest(s: Settings) -> str:
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
     """Tuples as lists, so that the parameters read back from JSON compare equal."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+# --- per-variant precompute (issue 13) ---------------------------------------------------
+
+# What an experiment variant's ``changes.precompute`` may set: the lists to compute (the
+# full pipeline, or one generator's own lists: the ranker off) and the re-ranking weights,
+# named as their settings are.
+PRECOMPUTE_KEYS = ("model", "rerank_diversity", "rerank_freshness", "rerank_max_run",
+                   "rerank_popularity_penalty")
+_RERANK_FIELDS = {"rerank_diversity": "diversity", "rerank_freshness": "freshness_weight",
+                  "rerank_max_run": "max_run",
+                  "rerank_popularity_penalty": "popularity_penalty"}
+
+
+def variant_funnel(config: FunnelConfig, model: str, precompute: dict[str, Any]
+                   ) -> tuple[FunnelConfig, str]:
+    """The funnel configuration and model of a variant whose ``changes.precompute`` is
+    ``precompute``, over the base version's; ValueError naming the key when one is
+    unknown or out of range."""
+    from models.generators import SOURCES
+
+    if not isinstance(precompute, dict) or not precompute:
+        raise ValueError("precompute: must be a non-empty object")
+    unknown = sorted(set(precompute) - set(PRECOMPUTE_KEYS))
+    if unknown:
+        raise ValueError(f"precompute.{unknown[0]}: unknown; expected one of "
+                         f"{', '.join(PRECOMPUTE_KEYS)}")
+    model = precompute.get("model", model)
+    if model != "full_pipeline" and model not in SOURCES:
+        raise ValueError(f"precompute.model: {model!r} is not 'full_pipeline' or one of "
+                         f"{', '.join(SOURCES)}")
+    rerank = {}
+    for key, field_name in _RERANK_FIELDS.items():
+        if key not in precompute:
+            continue
+        value = precompute[key]
+        want = int if key == "rerank_max_run" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, want):
+            raise ValueError(f"precompute.{key}: {value!r} must be a number"
+                             + (" (whole)" if want is int else ""))
+        rerank[field_name] = value
+    try:
+        new_rerank = dataclasses.replace(config.rerank, **rerank)
+    except ValueError as exc:
+        raise ValueError(f"precompute: {exc}") from None
+    return dataclasses.replace(config, rerank=new_rerank), model

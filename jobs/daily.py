@@ -299,6 +299,18 @@ def publish(result: dict, pairs: dict, lists: dict, stats: dict) -> dict:
                    keep=s.keep_versions)
 
 
+def variants(published: dict) -> dict:
+    """The lists of the running experiments' precompute variants (jobs/variants.py) for
+    the version just published; nothing for a version that did not go live (a
+    backfill)."""
+    from jobs import variants as job
+
+    if not published.get("live"):
+        return {"version": published.get("version"), "variants": [],
+                "skipped": "the version did not go live"}
+    return job.run(version=published["version"])
+
+
 def run_all(day: dt.date) -> dict:
     """The whole daily pipeline in this process (the DAG runs the same steps)."""
     ex = extract(day)
@@ -313,4 +325,5 @@ def run_all(day: dt.date) -> dict:
     if result["passed"]:
         lists = precompute(day, pairs, ex, index, text, tt, result)
         result["publish"] = publish(result, pairs, lists, stats)
+        result["variants"] = variants(result["publish"])
     return result

@@ -7,7 +7,8 @@ What ``recs experiments ...`` does, as typed functions over the ``experiments`` 
 - the definition (``models.assignment.validate_experiment``): key, layer, at least two
   variants with unique keys, weights in [0, 1] summing to 1, the layer range, end after
   start; plus the kind (``ab`` or ``interleaving``), the primary metric, each variant's
-  ``changes`` an object;
+  ``changes`` an object, a ``changes.precompute`` with known keys in range
+  (jobs/configs.py:variant_funnel; jobs/variants.py computes such a variant's lists);
 - what only the database knows: a variant's ``changes.model_version`` names a
   ``model_runs`` row that is ``published`` or ``evaluated`` (checked at create and again
   at start);
@@ -183,6 +184,20 @@ def check_definition(exp: Experiment, kind: str) -> None:
         if mv is not None and (not isinstance(mv, str) or not mv):
             raise _bad(exp.key, "variants.changes.model_version",
                        f"{v.key!r} has {mv!r}, must be a non-empty string")
+        if "precompute" in v.changes:
+            if mv is not None:
+                raise _bad(exp.key, "variants.changes.precompute",
+                           f"{v.key!r} names both a model_version and a precompute; a "
+                           "precompute variant is served its own lists")
+            # (The funnel's configuration imports torch: only when a variant needs it.)
+            from jobs.configs import variant_funnel
+            from models.funnel import FunnelConfig
+
+            try:  # over the defaults: the keys and their ranges
+                variant_funnel(FunnelConfig(), "full_pipeline", v.changes["precompute"])
+            except ValueError as exc:
+                raise _bad(exp.key, "variants.changes.precompute",
+                           f"{v.key!r}: {exc}") from None
 
 
 def check_model_versions(cur, exp: Experiment) -> None:
@@ -316,6 +331,12 @@ def start(dsn: str, key: str) -> Stored:
 def stop(dsn: str, key: str) -> Stored:
     """running -> stopped (``stopped_at`` records when)."""
     return _transition(dsn, key, "stop")
+
+
+def running_experiments(cur) -> list[Stored]:
+    """The experiments with status 'running', in key order (inside the caller's
+    transaction)."""
+    return _select(cur, "status = 'running'")
 
 
 def list_all(dsn: str, status: str | None = None) -> list[Stored]:

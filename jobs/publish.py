@@ -547,7 +547,8 @@ def _retire(dsn: str, *, keep: int, wait_s: float) -> dict:
     newest ``keep`` by logical date (never the live or previous one) are detached with
     ``DETACH PARTITION ... CONCURRENTLY`` (it waits for the queries that use the table,
     without blocking new ones) and dropped, and marked 'retired' once all their lists are
-    gone. A detach that runs out of time stays pending and is finished by the next run.
+    gone, with the variant versions (jobs/variants.py) of the versions not kept. A detach
+    that runs out of time stays pending and is finished by the next run.
     """
     import psycopg2.errors
 
@@ -614,16 +615,25 @@ def _retire_steps(cur, keep: int, retired: list[str], pending: list[str],
             v = _version_of(bound)
             if v is not None:
                 parts.setdefault(v, []).append((table, name))
+    # Variant versions (jobs/variants.py) are not counted: each goes with its base.
+    cur.execute("""SELECT model_version, params->>'base_version' FROM model_runs
+                   WHERE kind = 'variant' AND (model_version = ANY(%s)
+                                               OR status = 'published')""",
+                (list(parts),))
+    variants = dict(cur.fetchall())
     cur.execute("""SELECT model_version FROM model_runs
-                   WHERE model_version = ANY(%s) OR status = 'published'
+                   WHERE (model_version = ANY(%s) OR status = 'published')
+                     AND kind IS DISTINCT FROM 'variant'
                    ORDER BY logical_date DESC NULLS LAST,
                             published_at DESC NULLS LAST, model_version DESC""",
                 (list(parts),))
     versions = [v for (v,) in cur.fetchall()]
-    versions += sorted(set(parts) - set(versions))  # lists without a model run
-    for v in versions[keep:]:
-        if v in (live, previous):
-            continue
+    # Lists without a model run.
+    versions += sorted(set(parts) - set(versions) - set(variants))
+    kept = set(versions[:keep]) | {live, previous}
+    old = [v for v in versions[keep:] if v not in (live, previous)]
+    old += sorted(v for v, base in variants.items() if base not in kept)
+    for v in old:
         done = True
         for table, name in parts.get(v, []):
             if waiting:  # a query holds the tables: the next run goes on

@@ -132,9 +132,13 @@ def _vectors_frame(spark, path: str | None, name: str):
 def run(spark, *, catalog_dir: str, pairs_path: str, users_path: str | None,
         als_dir: str | None, two_tower_dir: str | None, ranker_dir: str | None,
         items_path: str, model: str, config: FunnelConfig, rules, top_k: int,
-        out_dir: str, buckets: int | None = None) -> dict:
+        out_dir: str, buckets: int | None = None, only=None) -> dict:
     """Every user's list (the gate's ``model``: 'full_pipeline' or one generator) into
-    ``out_dir`` (Parquet, one or more files per bucket, replaced atomically)."""
+    ``out_dir`` (Parquet, one or more files per bucket, replaced atomically).
+
+    ``only`` (``models.assignment.VariantUsers``): the lists of those users alone (an
+    experiment variant's), its pairs and profiles filtered before the shuffle, so that the
+    cost follows the variant's share of the users."""
     from pyspark.sql import functions as F
 
     from core import lake
@@ -170,6 +174,12 @@ def run(spark, *, catalog_dir: str, pairs_path: str, users_path: str | None,
             people.withColumn(name, F.lit(None).cast("array<float>"))
 
     def bucket(frame):
+        if only is not None:
+            def chosen(batches):
+                for b in batches:
+                    yield b[only.mask(b["user_id"].tolist())]
+
+            frame = frame.mapInPandas(chosen, frame.schema)
         return frame.withColumn("bucket", F.pmod(F.xxhash64("user_id"), F.lit(n_buckets)))
 
     settings = {"catalog": catalog_dir, "ranker": ranker_dir, "items": items_path,

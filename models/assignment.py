@@ -100,6 +100,10 @@ class Variant:
     def __post_init__(self) -> None:
         object.__setattr__(self, "changes", MappingProxyType(dict(self.changes)))
 
+    def __reduce__(self):
+        # A read-only mapping does not pickle; Spark ships definitions to executors.
+        return (Variant, (self.key, self.weight, dict(self.changes)))
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -281,3 +285,36 @@ def assign(user_id: str | int, experiments: Iterable[Experiment], *,
             v, n = variant_for(e, uid)
             out[e.layer] = Assignment(e.layer, e.key, v.key, v.changes, n, "hash")
     return out
+
+
+@dataclass(frozen=True)
+class VariantUsers:
+    """The users :func:`assign` puts in ``variant`` of experiment ``key`` among the
+    running ``experiments`` (by hash or by a QA override), whatever the time: those a
+    variant's own lists are precomputed for. Picklable, so that Spark executors filter
+    their users with it."""
+
+    experiments: tuple[Experiment, ...]
+    key: str
+    variant: str
+    holdout: Holdout | None = Holdout()
+    overrides: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        exp = next((e for e in self.experiments if e.key == self.key), None)
+        if exp is None:
+            raise ValueError(f"experiment {self.key!r}: not among the running experiments")
+        if self.variant not in {v.key for v in exp.variants}:
+            raise ValueError(f"experiment {self.key!r}: no variant {self.variant!r}")
+
+    def __contains__(self, user_id: object) -> bool:
+        got = assign(str(user_id), self.experiments, holdout=self.holdout,
+                     overrides=self.overrides)
+        return any(a.experiment == self.key and a.variant == self.variant
+                   for a in got.values())
+
+    def mask(self, user_ids: Iterable[int]) -> list[bool]:
+        """Whether each of ``user_ids`` is in the variant (each distinct id hashed once)."""
+        ids = [int(u) for u in user_ids]
+        member = {u: u in self for u in set(ids)}
+        return [member[u] for u in ids]

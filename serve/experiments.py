@@ -19,6 +19,12 @@ precompute published):
 
 - ``model_version``: serve that version's lists (when it is still kept; otherwise the
   live version, counted as ``recs_fallbacks_total{cause="experiment_version_gone"}``);
+- ``precompute``: the variant has its own lists, computed by jobs/variants.py for its
+  users as a *variant version* of the live version; the refresh finds it (``model_runs``
+  of kind ``variant`` whose base is the live version) and the variant is served it as
+  its ``model_version``, the similar and trending types from the live version
+  (``catalog_version``). Until the variant version of the live version exists the
+  variant is served the live lists, counted as ``cause="experiment_variant_missing"``;
 - ``blend`` (bool): false serves the precomputed list without "Because you watched X";
 - ``exploration_rate`` (0..1): this variant's exploration rate instead of the setting.
 
@@ -29,6 +35,7 @@ named variant alone (QA sees each arm).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -48,7 +55,7 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 1.0
 INTERLEAVED = "interleaved"  # the variant named for an interleaved list
-HONOURED = ("model_version", "blend", "exploration_rate")
+HONOURED = ("model_version", "blend", "exploration_rate", "precompute")
 
 EXPERIMENTS_SQL = """
 SELECT experiment_key, layer, salt, layer_low, layer_high, kind, variants, status,
@@ -62,6 +69,13 @@ OVERRIDES_SQL = """
 SELECT o.experiment_key, o.user_id, o.variant
 FROM experiment_overrides o JOIN experiments e USING (experiment_key)
 WHERE e.status = 'running'
+"""
+
+# The variant versions of the live version (jobs/variants.py), by experiment and variant.
+VARIANT_VERSIONS_SQL = """
+SELECT m.params->>'experiment', m.params->>'variant', m.model_version, s.live_version
+FROM model_runs m JOIN serving_state s ON m.params->>'base_version' = s.live_version
+WHERE m.kind = 'variant' AND m.status = 'published'
 """
 
 # Of the versions named, those still kept (lists present), with the end of their data.
@@ -135,6 +149,25 @@ def accept(candidates: list[Experiment]) -> list[Experiment]:
     return accepted
 
 
+def with_variant_versions(experiments: list[Experiment],
+                          found: Mapping[tuple[str, str], tuple[str, str]]
+                          ) -> list[Experiment]:
+    """``experiments`` with each ``precompute`` variant that has a variant version in
+    ``found`` (``(key, variant) -> (variant version, its base)``) pointed at it:
+    ``model_version`` its lists, ``catalog_version`` the base's other lists."""
+    out = []
+    for e in experiments:
+        arms = []
+        for v in e.variants:
+            got = found.get((e.key, v.key)) if "precompute" in v.changes else None
+            if got is not None:
+                v = Variant(v.key, v.weight, {**v.changes, "model_version": got[0],
+                                              "catalog_version": got[1]})
+            arms.append(v)
+        out.append(dataclasses.replace(e, variants=tuple(arms)))
+    return out
+
+
 def route(snapshot: Snapshot, user_id: int, holdout: Holdout | None,
           at: dt.datetime | None = None) -> Route | None:
     """The user's route (None: in no running experiment). Pure compute."""
@@ -186,6 +219,10 @@ class ExperimentSet:
                 candidates.append(exp)
                 kinds[exp.key] = kind
             experiments = accept(candidates)
+            if any("precompute" in v.changes for e in experiments for v in e.variants):
+                found = {(key, variant): (version, base) for key, variant, version, base
+                         in self.store.fetchall(VARIANT_VERSIONS_SQL)}
+                experiments = with_variant_versions(experiments, found)
             variants = {e.key: {v.key for v in e.variants} for e in experiments}
             overrides: dict[str, dict[str, str]] = {}
             for key, user, variant in over_rows:
@@ -194,9 +231,9 @@ class ExperimentSet:
                 elif key in variants:
                     log.error("override of user %s in %s names no variant %r", user, key,
                               variant)
-            names = sorted({v.changes["model_version"] for e in experiments
-                            for v in e.variants
-                            if isinstance(v.changes.get("model_version"), str)})
+            names = sorted({v.changes[k] for e in experiments for v in e.variants
+                            for k in ("model_version", "catalog_version")
+                            if isinstance(v.changes.get(k), str)})
             kept = dict(self.store.fetchall(KEPT_SQL, {"versions": names})) if names else {}
         except (DatabaseUnavailable, psycopg2.Error) as exc:
             if not isinstance(exc, DatabaseUnavailable):

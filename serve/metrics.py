@@ -15,7 +15,7 @@ Metrics:
 - ``recs_fallbacks_total{endpoint,cause}``: answers not made of the live version's
   requested list; cause is ``database_unavailable``, ``statement_timeout``,
   ``backing_off``, ``database_error``, ``previous_version``, ``no_live_version``,
-  ``missing_list`` or ``experiment_version_gone``
+  ``missing_list``, ``experiment_version_gone`` or ``experiment_variant_missing``
 - ``recs_events_total{outcome}``: ``stored``, ``duplicate``, ``rejected``, ``unavailable``
 - ``recs_exposures_total{outcome}``: lists put on the exposure log (``served``), written
   (``logged``), lost (``dropped``: queue full or a failed batch); see serve/exposures.py.

@@ -368,7 +368,8 @@ def recommendations(user_id: str) -> Response:
             fetch = limit + len(exclude.own) + 1 + _spare(exclude)
             # An interleaving experiment interleaves personalized lists only: the other
             # types get its control variant's version.
-            pin = _pin(route, route.arms[0].changes if route and route.arms else None)
+            pin = _pin(route, route.arms[0].changes if route and route.arms else None,
+                       personal=False)
             if rec_type == "similar":
                 read = _read_pinned(svc.store.read_similar, pin, item_id=item_id,
                                     user_id=uid, fetch=fetch)
@@ -384,13 +385,19 @@ def recommendations(user_id: str) -> Response:
     return _respond(_serve(body, uid, rec_type, route, teams), strict=strict)
 
 
-def _pin(route: Route | None, changes: Any = None) -> Pin | None:
+def _pin(route: Route | None, changes: Any = None, personal: bool = True) -> Pin | None:
     """The version ``changes`` (default: the route's) pin when it is still kept; a
-    version no longer kept is counted and the live one served."""
+    version no longer kept is counted and the live one served. ``personal``: for the
+    user's own list; the other types of a precompute variant come from its
+    ``catalog_version`` (its base: a variant version holds users' lists only)."""
     if changes is None:
         changes = route.changes if route is not None else {}
     version = changes.get("model_version")
+    if not personal:
+        version = changes.get("catalog_version") or version
     if not isinstance(version, str) or not version:
+        if personal and "precompute" in changes:
+            _count_fallback("experiment_variant_missing")
         return None
     pin = services().experiments.pin(version)
     if pin is None:
