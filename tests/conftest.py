@@ -49,7 +49,8 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def pg_instance():
     """Settings of the suite's private Postgres, started once per session."""
-    s = settings_mod.load(env={}, home=TEST_HOME, pg_port=TEST_PG_PORT)
+    s = settings_mod.load(env={}, home=TEST_HOME, pg_port=TEST_PG_PORT,
+                           exploration_rate=0.0)
     was_running = localpg.is_running(s)
     localpg.start(s)
     yield s

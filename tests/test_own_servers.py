@@ -47,7 +47,8 @@ class SecondServer:
     administrator), its password in the cluster's own password file."""
 
     def __init__(self, root: Path):
-        self.s = settings_mod.load(env={}, home=root, pg_port=free_port())
+        self.s = settings_mod.load(env={}, home=root, pg_port=free_port(),
+                                        exploration_rate=0.0)
         self.port = self.s.pg_port
 
     def start(self) -> None:

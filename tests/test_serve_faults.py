@@ -67,7 +67,8 @@ def own_pg():
     # be reachable by that user, which pytest's tmp_path (mode 0700) is not.
     home = Path(tempfile.mkdtemp(prefix="recs-faults-"))
     os.chmod(home, 0o755)
-    s = settings_mod.load(env={}, home=home / "pg", pg_port=free_port())
+    s = settings_mod.load(env={}, home=home / "pg", pg_port=free_port(),
+                           exploration_rate=0.0)
     localpg.start(s)
     try:
         yield s
@@ -330,7 +331,8 @@ def test_missing_live_version_serves_previous_then_popular(own_pg, own_db, tmp_p
     publish_fixture(url, "v1", lists={**LISTS, "popular": [40, 39, 38, 37]})
     publish_fixture(url)  # VERSION is live, v1 the previous one
     monkeypatch.setattr(settings_mod, "_cached", None)
-    s = settings_mod.load(env={}, home=tmp_path / "home", database_url=url)
+    s = settings_mod.load(env={}, home=tmp_path / "home", database_url=url,
+                           exploration_rate=0.0)
     app = create_app({"SETTINGS": s, "TESTING": True, "STORE_BACKOFF_S": 0.2,
                       "LIVE_TTL_S": 0.05})
     client = app.test_client()
