@@ -4,8 +4,10 @@ models/experiment_sim.py (pure compute, seeded; no database).
 
 For each design the users needed are computed from a large pilot (``--pilot`` users:
 per-user variance of CTR for A/B, with and without CUPED; ``--il-pilot`` users for
-interleaving: the share of users with a preference and the share of those preferring the
-better ranker, for a two-sided sign test) by the normal approximation, then checked by
+interleaving: the mean and spread of the net wins per user for the wins test that the
+analysis decides with, and for comparison the share of users with a preference and of
+those preferring the better ranker, for a two-sided sign test) by the normal
+approximation, then checked by
 simulating ``--reps`` experiments of exactly that many users: the observed power should
 be 0.80 within its simulation error.
 The ratio depends on the population: the table at the end gives it for less and more
@@ -36,7 +38,13 @@ from models.experiment_sim import (
 )
 from models.experiment_stats import confidence_sequence, cuped, welch
 from models.exploration import explore
-from models.interleaving import delta_from_counts, request_rng, sign_test, team_draft
+from models.interleaving import (
+    delta_from_counts,
+    request_rng,
+    sign_test,
+    team_draft,
+    wins_test,
+)
 
 ALPHA, POWER = 0.05, 0.80
 Z_A, Z_B = stats.norm.ppf(1 - ALPHA / 2), stats.norm.ppf(POWER)
@@ -56,20 +64,30 @@ def ab_requirement(cfg: PopulationConfig, lift: float, pilot: int, seed: int) ->
 
 def il_requirement(cfg: PopulationConfig, lift: float, pilot: int, seed: int,
                    chunk: int = 50_000) -> dict:
-    """Users for a two-sided sign test over users' Δ at 80% power (the pilot drawn in
+    """Users for the wins test (t-test over users of net wins, what the analysis decides
+    with) and for a two-sided sign test over users' Δ, at 80% power (the pilot drawn in
     chunks of users to bound memory)."""
     rng = np.random.default_rng(seed)
     prefer_a = prefer_b = 0
+    n = s1 = s2 = 0.0  # users with a clicked impression, sum and sum of squares of net wins
     for start in range(0, pilot, chunk):
         s = simulate_interleaving(population(min(chunk, pilot - start), rng, cfg), lift, rng)
         d = delta_from_counts(s.wins_a, s.wins_b, s.ties)
         prefer_b += int(np.nansum(d < 0))
         prefer_a += int(np.nansum(d > 0))
+        x = (s.wins_b - s.wins_a)[s.wins_a + s.wins_b + s.ties > 0].astype("float64")
+        n, s1, s2 = n + len(x), s1 + x.sum(), s2 + (x * x).sum()
     share = (prefer_a + prefer_b) / pilot
     p = prefer_b / (prefer_a + prefer_b)
     decided = ((Z_A * 0.5 + Z_B * math.sqrt(p * (1 - p))) / (p - 0.5)) ** 2
     se_p = math.sqrt(p * (1 - p) / (prefer_a + prefer_b))
-    return {"users": int(math.ceil(decided / share)), "share_with_preference": share,
+    mean = s1 / n
+    sd = math.sqrt(s2 / n - mean * mean)
+    clicked = ((Z_A + Z_B) * sd / mean) ** 2
+    return {"users": int(math.ceil(clicked / (n / pilot))),
+            "share_with_clicks": n / pilot, "mean_net_wins": mean, "sd_net_wins": sd,
+            "sign_test_users": int(math.ceil(decided / share)),
+            "share_with_preference": share,
             "p_prefer_better": p, "p_prefer_better_se": se_p}
 
 
@@ -88,14 +106,15 @@ def il_power(cfg: PopulationConfig, lift: float, n: int, reps: int, seed: int) -
     hits = 0
     for _ in range(reps):
         s = simulate_interleaving(population(n, rng, cfg), lift, rng)
-        hits += sign_test(delta_from_counts(s.wins_a, s.wins_b, s.ties), ALPHA).winner == "B"
+        hits += wins_test(s.wins_a, s.wins_b, s.ties, ALPHA).winner == "B"
     return hits / reps
 
 
 def aa_rates(cfg: PopulationConfig, n: int, reps: int, seed: int) -> dict:
     """Share of A/A experiments flagged, by each method."""
     rng = np.random.default_rng(seed)
-    flagged = {"welch": 0, "cuped": 0, "confidence_sequence": 0, "interleaving_sign": 0}
+    flagged = {"welch": 0, "cuped": 0, "confidence_sequence": 0, "interleaving_wins": 0,
+               "interleaving_sign": 0}
     for _ in range(reps):
         pop = population(n, rng, cfg)
         s = simulate_ab(pop, 0.0, rng)
@@ -108,6 +127,8 @@ def aa_rates(cfg: PopulationConfig, n: int, reps: int, seed: int) -> dict:
         il = simulate_interleaving(pop, 0.0, rng)
         d = delta_from_counts(il.wins_a, il.wins_b, il.ties)
         flagged["interleaving_sign"] += sign_test(d, ALPHA).winner is not None
+        flagged["interleaving_wins"] += wins_test(il.wins_a, il.wins_b, il.ties,
+                                                  ALPHA).winner is not None
     return {k: v / reps for k, v in flagged.items()}
 
 
@@ -150,9 +171,11 @@ def run(*, lift: float = 0.02, pilot: int = 200_000, il_pilot: int = 1_000_000,
                     ("more heterogeneous and active (s=1.5, 50)",
                      replace(cfg, heterogeneity=1.5, mean_impressions=50.0))]:
         a = ab_requirement(c, lift, pilot // 2, seed + 10)["users"]
-        i = il_requirement(c, lift, il_pilot // 2, seed + 11)["users"]
+        req = il_requirement(c, lift, il_pilot // 2, seed + 11)
+        i = req["users"]
         sensitivity.append({"population": name, "ab_users": a, "interleaving_users": i,
-                            "ratio": a / i})
+                            "ratio": a / i, "sign_test_users": req["sign_test_users"],
+                            "ratio_sign_test": a / req["sign_test_users"]})
     aa = aa_rates(cfg, aa_users, aa_reps, seed + 4)
     return {"lift": lift, "population": cfg.__dict__, "ab": ab, "interleaving": il,
             "ratio": ab["users"] / il["users"], "power_se": se_power,
@@ -178,15 +201,19 @@ def main() -> None:
     print(f"A/B (Welch on per-user CTR): {ab['users']:,} users for 80% power "
           f"(simulated power at that size {ab['power_at_users']:.3f} +- {r['power_se']:.3f}); "
           f"with CUPED {ab['users_cuped']:,} (variance -{ab['cuped_variance_reduction']:.0%})")
-    print(f"team-draft interleaving (sign test over users): {il['users']:,} users "
+    print(f"team-draft interleaving (wins test over users): {il['users']:,} users "
           f"(simulated power {il['power_at_users']:.3f} +- {r['power_se']:.3f}); "
+          f"net wins per user {il['mean_net_wins']:.4f} (sd {il['sd_net_wins']:.3f}); "
+          f"with the sign test {il['sign_test_users']:,} users: "
           f"{il['share_with_preference']:.0%} of users have a preference, "
           f"{il['p_prefer_better']:.4f} +- {il['p_prefer_better_se']:.4f} of them prefer the "
           "better ranker")
-    print(f"A/B needs {r['ratio']:.1f}x the users of interleaving")
+    print(f"A/B needs {r['ratio']:.1f}x the users of interleaving (wins test; "
+          f"{ab['users'] / il['sign_test_users']:.1f}x with the sign test)")
     for s in r["sensitivity"]:
         print(f"  {s['population']:<44} A/B {s['ab_users']:>9,}  interleaving "
-              f"{s['interleaving_users']:>7,}  ratio {s['ratio']:5.1f}x")
+              f"{s['interleaving_users']:>7,}  ratio {s['ratio']:5.1f}x (sign test "
+              f"{s['sign_test_users']:,} users, {s['ratio_sign_test']:.1f}x)")
     print(f"A/A false-positive rate over {r['aa_reps']} experiments of {r['aa_users']:,} "
           f"users (alpha 0.05, simulation error +-{r['aa_se']:.4f}):")
     for k, v in r["aa_rates"].items():

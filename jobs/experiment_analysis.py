@@ -25,10 +25,12 @@ A/B experiments, per user (the unit; a heavy user is one observation):
 Interleaving experiments: each impression with clicks is won by the team (the variant
 index in ``exposures.teams``) with more clicked items, per pair (control, treatment); per
 user, the preference for the treatment ``Δ = (wins_T + ties/2) / (wins_T + wins_C + ties)
-− 0.5``; a sign test over users and a seeded bootstrap interval of mean Δ.
+− 0.5`` with a seeded bootstrap interval of mean Δ; the wins test (a t-test over users of
+the net wins per user, ``models.interleaving.wins_test``) gives the p-value, the sign test
+over users is reported beside it.
 
 Decisions: ``models.experiment_stats.decide`` on the primary metric's confidence sequence
-(the other metric's Welch interval as a guardrail); for interleaving, the sign test.
+(the other metric's Welch interval as a guardrail); for interleaving, the wins test.
 A re-run of a day replaces that day's rows of that experiment in one transaction; the
 plot goes to ``<lake>/experiments/<key>/dt=<D>/plot.png``, written beside and renamed.
 """
@@ -351,32 +353,40 @@ def analyse_interleaving(stored: registry.Stored, day: dt.date, credits: list[tu
         prefs = il.user_preferences(uids, outcomes) if uids else None
         delta = prefs.delta if prefs is not None else np.array([])
         sign = il.sign_test(delta, config.alpha)
+        empty = np.array([], dtype="int64")
+        wins = il.wins_test(prefs.wins_a if prefs is not None else empty,
+                            prefs.wins_b if prefs is not None else empty,
+                            prefs.ties if prefs is not None else empty, config.alpha)
         mean, lo, hi = il.bootstrap_ci(delta, config.alpha, config.n_boot, config.seed)
         det = {"prefer_treatment": sign.prefer_a, "prefer_control": sign.prefer_b,
+               "sign_test_p": sign.p_value, "mean_net_wins": wins.mean_net_wins,
+               "wins_t": wins.t,
                "users_with_clicks": int(len(delta)),
                "wins_treatment": int(prefs.wins_a.sum()) if prefs is not None else 0,
                "wins_control": int(prefs.wins_b.sum()) if prefs is not None else 0,
                "ties": int(prefs.ties.sum()) if prefs is not None else 0,
                "bootstrap": config.n_boot, "seed": config.seed}
         row = _row(k, "preference", "interleaving", len(all_users), len(requests), mean=mean,
-                   diff=mean, low=lo, high=hi, p_value=sign.p_value, details=det)
+                   diff=mean, low=lo, high=hi, p_value=wins.p_value, details=det)
         out.rows.append(row)
-        results.append((k, row, sign))
-        pvals.append(sign.p_value)
+        results.append((k, row, sign, wins))
+        pvals.append(wins.p_value)
     if pvals:
         _, p_adj = st.adjust(pvals, config.multitest, config.alpha)
-        for (_, row, _), p in zip(results, p_adj, strict=True):
+        for (_, row, _, _), p in zip(results, p_adj, strict=True):
             row["p_adjusted"] = float(p)
     decisions = {}
-    for k, row, sign in results:
+    for k, row, sign, wins in results:
         n = row["details"]["users_with_clicks"]
-        share = (f"{sign.prefer_a} of {sign.prefer_a + sign.prefer_b} users prefer {k}, "
-                 f"mean Δ {_num(row['mean'])} [{_num(row['low'])}, {_num(row['high'])}], "
-                 f"sign test p={row['p_value']:.2g} (adjusted {row['p_adjusted']:.2g})")
+        share = (f"net wins per user {_num(wins.mean_net_wins)} for {k}, wins test "
+                 f"p={row['p_value']:.2g} (adjusted {row['p_adjusted']:.2g}); "
+                 f"{sign.prefer_a} of {sign.prefer_a + sign.prefer_b} users prefer {k} "
+                 f"(sign test p={sign.p_value:.2g}), "
+                 f"mean Δ {_num(row['mean'])} [{_num(row['low'])}, {_num(row['high'])}]")
         if n < config.min_users:
             decisions[k] = st.Decision(st.KEEP, f"only {n} users with clicks so far "
                                                 f"(minimum {config.min_users}); {share}")
-        elif row["p_adjusted"] < config.alpha and sign.prefer_a > sign.prefer_b:
+        elif row["p_adjusted"] < config.alpha and wins.mean_net_wins > 0:
             decisions[k] = st.Decision(st.SHIP, f"{k} preferred: {share}")
         elif row["p_adjusted"] < config.alpha:
             decisions[k] = st.Decision(st.STOP, f"{names[0]} preferred: {share}")

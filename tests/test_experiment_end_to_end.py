@@ -13,7 +13,7 @@ of the reader (clicked items leave the next lists, exploration reorders the top 
 few answers) run as in production.
 
 One seeded population per test, sized so that the planted lift is found with power close
-to 1 (the A/B test's difference about 6 standard errors, the interleaving sign test at
+to 1 (the A/B test's difference about 6 standard errors, the interleaving test at
 p ~ 1e-9): the power
 and the false-positive rate over many seeds are checked on the compute core
 (tests/test_experiment_simulation.py), where thousands of runs are cheap."""

@@ -27,6 +27,7 @@ from models.interleaving import (
     sign_test,
     team_draft,
     user_preferences,
+    wins_test,
 )
 
 Z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)
@@ -134,18 +135,21 @@ def test_vectorised_interleaving_matches_the_real_draft():
 
 
 def test_interleaving_decides_with_far_fewer_users_than_ab():
-    """Same planted lift (15%), same users: interleaving through the real draft and sign
-    test finds B better in most runs; an A/B test of the same users rarely does."""
+    """Same planted lift (15%), same users: interleaving through the real draft and the
+    wins test (what the analysis decides with) finds B better in most runs, and so does
+    the sign test; an A/B test of the same users rarely does."""
     lift, n, runs = 0.15, 400, 16
-    il_hits = ab_hits = 0
+    il_hits = sign_hits = ab_hits = 0
     for seed in range(runs):
         prefs = interleave_through_the_real_code(n, lift, seed=100 + seed)
-        il_hits += sign_test(prefs.delta).winner == "B"
+        il_hits += wins_test(prefs.wins_a, prefs.wins_b, prefs.ties).winner == "B"
+        sign_hits += sign_test(prefs.delta).winner == "B"
         rng = np.random.default_rng(100 + seed)
         s = simulate_ab(population(n, rng, CFG), lift, rng)
         iv = welch(s.ctr[s.treated == 0], s.ctr[s.treated == 1])
         ab_hits += iv.p_value < 0.05 and iv.diff > 0
     assert il_hits >= 0.75 * runs and ab_hits <= 0.35 * runs, (il_hits, ab_hits)
+    assert sign_hits >= 0.5 * runs, sign_hits
     # For 80% power the A/B test needs several times these users (about 3,000).
     assert ab_users_for_power(lift) > 5 * n
 
@@ -153,11 +157,13 @@ def test_interleaving_decides_with_far_fewer_users_than_ab():
 @pytest.mark.parametrize("lift", [0.0])
 def test_interleaving_aa_has_no_winner_more_than_alpha(lift):
     rng = np.random.default_rng(6)
-    reps, flagged = 400, 0
+    reps, flagged, flagged_wins = 400, 0, 0
     for _ in range(reps):
         s = simulate_interleaving(population(500, rng, CFG), lift, rng)
         d = (s.wins_a + s.ties / 2) / np.maximum(s.wins_a + s.wins_b + s.ties, 1) - 0.5
         d = np.where(s.wins_a + s.wins_b + s.ties > 0, d, np.nan)
         flagged += sign_test(d).winner is not None
+        flagged_wins += wins_test(s.wins_a, s.wins_b, s.ties).winner is not None
     se = math.sqrt(0.05 * 0.95 / reps)
     assert flagged / reps < 0.05 + 3 * se
+    assert abs(flagged_wins / reps - 0.05) < 3 * se, flagged_wins

@@ -1,9 +1,10 @@
 """Team-draft interleaving and multileaving: the draft's rules replayed on its output,
 fairness of the coin and of the credit under clicks that ignore the rankers, the
-preference Δ, the sign test and the bootstrap."""
+preference Δ, the wins test, the sign test and the bootstrap."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -20,6 +21,7 @@ from models.interleaving import (
     sign_test,
     team_draft,
     user_preferences,
+    wins_test,
 )
 
 
@@ -127,6 +129,25 @@ def test_sign_test_matches_the_binomial_by_hand():
     assert sign_test(np.array([0.1] * 2 + [-0.1] * 20)).winner == "B"
 
 
+def test_wins_test_is_the_t_test_of_net_wins_by_hand():
+    wa = np.array([3, 0, 2, 1, 0, 4])
+    wb = np.array([1, 1, 0, 1, 0, 1])
+    ties = np.array([0, 1, 0, 0, 0, 0])
+    res = wins_test(wa, wb, ties)
+    x = np.array([2.0, -1.0, 2.0, 0.0, 3.0])  # the user with no clicked impression is out
+    t = x.mean() / (x.std(ddof=1) / math.sqrt(len(x)))
+    assert res.users == 5 and res.mean_net_wins == pytest.approx(1.2)
+    assert res.t == pytest.approx(t)
+    assert res.p_value == pytest.approx(2 * stats.t.sf(t, df=4))
+    assert res.winner is None  # p about 0.11
+    assert wins_test(np.array([2, 3] * 10), np.array([1, 1] * 10), np.zeros(20)).winner == "A"
+    assert wins_test(np.array([1, 1] * 10), np.array([2, 3] * 10), np.zeros(20)).winner == "B"
+    # No spread, no data, no preference: defined answers, not NaN.
+    assert wins_test(np.array([2, 2]), np.array([1, 1]), np.zeros(2)).winner == "A"
+    assert wins_test(np.array([]), np.array([]), np.array([])).p_value == 1.0
+    assert wins_test(np.array([1, 0]), np.array([1, 0]), np.array([0, 3])).winner is None
+
+
 def test_bootstrap_is_seeded_and_covers_the_mean():
     rng = np.random.default_rng(3)
     d = rng.uniform(-0.5, 0.5, size=400) + 0.05
@@ -174,5 +195,7 @@ def test_the_better_ranker_wins():
     prefs = user_preferences(users, outs)
     res = sign_test(prefs.delta)
     assert res.winner == "B" and res.p_value < 1e-6
+    wins = wins_test(prefs.wins_a, prefs.wins_b, prefs.ties)
+    assert wins.winner == "B" and wins.p_value < 1e-6 and wins.mean_net_wins < 0
     m, lo, hi = bootstrap_ci(prefs.delta, seed=1)
     assert hi < 0
