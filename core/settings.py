@@ -99,7 +99,7 @@ class Settings:
     key_burst: int = 1000
     # How often each reader process re-reads the block rules (rerank_rules and the file):
     # a new block reaches every answer within this many seconds.
-    blocks_refresh_s: float = 5.0
+    blocks_refresh_s: float = 2.0
     # Experiments in the reader (issue 13; serve/experiments.py, serve/exposures.py).
     # experiments_enabled=0 turns routing, exploration and the exposure log off. Running
     # experiments and overrides are re-read every experiments_refresh_s per process; a

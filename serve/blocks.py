@@ -65,7 +65,7 @@ def read_rules_file(path: str) -> list[tuple[str, str]]:
 class BlockSet:
     """The blocked item ids of this process, refreshed every ``ttl_s``."""
 
-    def __init__(self, store: Store, rules_file: str = "", ttl_s: float = 5.0,
+    def __init__(self, store: Store, rules_file: str = "", ttl_s: float = 2.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.rules_file = rules_file

@@ -7,7 +7,7 @@ preferences). Keys with the ``catalog`` or ``admin`` scope.
   stamps ``updated_at``: the next hourly run embeds the item and places it
   (jobs/hourly.py reads new and changed items from ``items`` by ``updated_at``).
 * ``available: false`` withdraws an item: every worker drops it from every answer at its
-  next block refresh (serve/blocks.py, ``RECS_BLOCKS_REFRESH_S``, 5 s), and the jobs keep
+  next block refresh (serve/blocks.py, ``RECS_BLOCKS_REFRESH_S``, 2 s), and the jobs keep
   it out of the lists they write (jobs/rules.py). ``true`` brings it back.
 * A user's preferences (``categories``, liked ``items``) are what the reader answers a
   user without a precomputed list with (serve/recommendations.py, the cold-start path)

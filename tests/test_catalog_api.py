@@ -182,7 +182,8 @@ def test_onboarding_preferences_shape_a_new_users_first_answer(client, dsn):
 
 @pytest.mark.integration
 def test_an_unavailable_item_leaves_every_answer_of_a_real_reader_within_5_s(dsn, tmp_path):
-    """gunicorn, two workers, RECS_BLOCKS_REFRESH_S at its default (5 s)."""
+    """gunicorn, two workers, RECS_BLOCKS_REFRESH_S at its default (2 s): the issue's bar
+    is 5 s."""
     publish_fixture(dsn)
     key = make_key(dsn, ("admin",))
     server = Gunicorn(dsn, tmp_path / "home", api_key=key)
@@ -206,7 +207,7 @@ def test_an_unavailable_item_leaves_every_answer_of_a_real_reader_within_5_s(dsn
         for _ in range(3):
             assert not showing()
         print(f"\nunavailable item gone from every answer after {elapsed:.2f} s")
-        assert elapsed <= 5.0 + 0.5  # the refresh period, and a request's time
+        assert elapsed <= 5.0  # the issue's bar (the refresh period, 2 s, and a request)
         requests_put(server, "/api/v1/items/10", {"available": True}, key)
         t0 = time.monotonic()
         while not showing():
