@@ -78,12 +78,11 @@ FROM model_runs m JOIN serving_state s ON m.params->>'base_version' = s.live_ver
 WHERE m.kind = 'variant' AND m.status = 'published'
 """
 
-# Of the versions named, those still kept (lists present), with the end of their data.
-KEPT_SQL = """
-SELECT v.name, (SELECT COALESCE(m.data_until, m.published_at, m.finished_at, m.started_at)
-                FROM model_runs m WHERE m.model_version = v.name)
-FROM unnest(%(versions)s::text[]) AS v(name)
-WHERE EXISTS (SELECT 1 FROM recommendations r WHERE r.model_version = v.name)
+# The end of a version's data (of the versions kept: Store.has_lists, one at a time,
+# so that each check reads its own partition only: serve/store.py HAS_LISTS_SQL).
+DATA_UNTIL_SQL = """
+SELECT COALESCE(m.data_until, m.published_at, m.finished_at, m.started_at)
+FROM model_runs m WHERE m.model_version = %(version)s
 """
 
 
@@ -234,7 +233,11 @@ class ExperimentSet:
             names = sorted({v.changes[k] for e in experiments for v in e.variants
                             for k in ("model_version", "catalog_version")
                             if isinstance(v.changes.get(k), str)})
-            kept = dict(self.store.fetchall(KEPT_SQL, {"versions": names})) if names else {}
+            kept = {}
+            for name in names:
+                if self.store.has_lists(name):
+                    row = self.store.fetchone(DATA_UNTIL_SQL, {"version": name})
+                    kept[name] = row[0] if row else None
         except (DatabaseUnavailable, psycopg2.Error) as exc:
             if not isinstance(exc, DatabaseUnavailable):
                 log.error("experiments unreadable, keeping the last %d: %s",

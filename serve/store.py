@@ -175,17 +175,24 @@ class PreferencesRead:
 
 # --- SQL ---------------------------------------------------------------------------------
 
-# A version "has lists" when its recommendations partition holds a row.
 LIVE_STATE_SQL = """
 SELECT s.live_version, s.previous_version,
-       EXISTS (SELECT 1 FROM recommendations r WHERE r.model_version = s.live_version),
-       EXISTS (SELECT 1 FROM recommendations r WHERE r.model_version = s.previous_version),
        (SELECT COALESCE(m.data_until, m.published_at, m.finished_at, m.started_at)
           FROM model_runs m WHERE m.model_version = s.live_version),
        (SELECT COALESCE(m.data_until, m.published_at, m.finished_at, m.started_at)
           FROM model_runs m WHERE m.model_version = s.previous_version)
 FROM serving_state s
 """
+
+# A version "has lists" when its recommendations partition holds a row. One version per
+# statement, given as a value and planned for that value (never a prepared statement):
+# the planner then reads that version's partition alone, or none. Asked with the version
+# taken from a column (serving_state's) or through a generic plan while only one
+# partition exists, Postgres read every row of the partition there was: 480 ms for a
+# million users' lists, past the reads' statement timeout, so every request was answered
+# from memory after the first publish of a large catalog (bench/load.py --users 1000000).
+HAS_LISTS_SQL = \
+    "SELECT EXISTS (SELECT 1 FROM recommendations WHERE model_version = %(version)s)"
 
 # Items the user touched since the live lists were computed: of the user's newest
 # ``scan_max`` events only (read backwards on the (user_id, "timestamp") index), so that
@@ -652,6 +659,11 @@ class Store:
                 cur.execute(sql, params)
             return cur.fetchone()
 
+    def has_lists(self, version: str) -> bool:
+        """Whether ``version`` has lists (:data:`HAS_LISTS_SQL`)."""
+        row = self.fetchone(HAS_LISTS_SQL, {"version": version})
+        return bool(row and row[0])
+
     def fetchall(self, sql: str, params: Any = None) -> list[tuple]:
         """All rows of ``sql`` (a read, through the reads' breaker)."""
         with self.connection() as conn, conn.cursor() as cur:
@@ -675,7 +687,7 @@ class Store:
         state = self._live
         if state is None or refresh or time.monotonic() >= self._live_expires:
             row = self.fetchone(LIVE_STATE)
-            state = _resolve(row)
+            state = _resolve(row, self.has_lists)
             previous = self._live
             self._live = state
             ttl = self.live_ttl_s if not state.degraded else min(self.live_ttl_s,
@@ -871,14 +883,15 @@ class Store:
             return len(stored)
 
 
-def _resolve(row: tuple | None) -> LiveState:
-    """The served version from a LIVE_STATE_SQL row: live, else previous, else none."""
+def _resolve(row: tuple | None, has_lists: Callable[[str], bool]) -> LiveState:
+    """The served version from a LIVE_STATE_SQL row: live, else previous, else none
+    (a version counts when ``has_lists``)."""
     if row is None:
         return LiveState(None, None)
-    live, previous, live_ok, previous_ok, live_until, previous_until = row
-    if live is not None and live_ok:
+    live, previous, live_until, previous_until = row
+    if live is not None and has_lists(live):
         return LiveState(live, live_until, live)
-    if previous is not None and previous_ok:
+    if previous is not None and has_lists(previous):
         return LiveState(previous, previous_until, live, "previous_version")
     return LiveState(None, None, live, "no_live_version" if live is not None else None)
 
