@@ -192,6 +192,25 @@ def fresh_database(s, name: str, template: str | None = None) -> str:
     return _with_db(s.dsn, name)
 
 
+def _shape(args) -> dict:
+    return {"bench_load": {"users": args.users, "items": args.items, "list_k": args.list_k,
+                           "similar_k": args.similar_k, "seed": args.seed}}
+
+
+def kept_version(s, args) -> dict | None:
+    """The data of the synthetic version a --keep run left in ``recs_load``, when it has
+    the shape ``args`` asks for; else None."""
+    try:
+        with db.transaction(_with_db(s.dsn, LOAD_DB)) as cur:
+            cur.execute("SELECT params FROM model_runs WHERE model_version = %s", (VERSION,))
+            row = cur.fetchone()
+    except Exception:  # noqa: BLE001 - no such database (or not ours): build it
+        return None
+    if row is None or row[0] != _shape(args):
+        return None
+    return {**_shape(args)["bench_load"], "reused": True}
+
+
 def drop_database(s, name: str) -> None:
     conn = _admin(s)
     try:
@@ -682,6 +701,10 @@ def main() -> None:
                    help="also measure with the private Postgres stopped (it is restarted)")
     p.add_argument("--no-pgbench", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the recs_load database")
+    p.add_argument("--reuse", action="store_true",
+                   help="use the recs_load database a --keep run left, when it holds the "
+                        "synthetic version of the same --users/--items/--list-k (building "
+                        "a million users' lists takes minutes)")
     p.add_argument("--out", help="also write the result as JSON here")
     args = p.parse_args()
     args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
@@ -701,17 +724,24 @@ def main() -> None:
         dsn = fresh_database(s, LOAD_DB, template=template)
         migrate.apply(dsn)
         result["data"] = {"from_live": template}
+    elif args.reuse and (kept := kept_version(s, args)) is not None:
+        dsn = _with_db(s.dsn, LOAD_DB)
+        result["data"] = kept
+        print(f"reusing {LOAD_DB}: {kept}", flush=True)
     else:
         dsn = fresh_database(s, LOAD_DB)
         migrate.apply(dsn)
         print("building the synthetic version...", flush=True)
         result["data"] = publish_synthetic(dsn, args.users, args.items, args.list_k,
                                            args.similar_k, args.seed)
+        with db.transaction(dsn) as cur:  # what --reuse checks
+            cur.execute("UPDATE model_runs SET params = %s WHERE model_version = %s",
+                        (json.dumps(_shape(args)), VERSION))
     paths, users, n_users, max_item = scenario_paths(dsn, args.seed, args.sample_users)
     result["data"]["session_events"] = add_session_items(dsn, users, max_item, args.seed)
     with db.transaction(dsn) as cur:
         # Reads need a key by default (RECS_READ_KEYS_REQUIRED): one key for both.
-        _, key = apikeys.create(cur, "bench-load", ["read", "events"])
+        _, key = apikeys.create(cur, f"bench-load-{time.time_ns()}", ["read", "events"])
     args.key = key
     lake = tempfile.mkdtemp(prefix="recs-load-lake-")
     # One key drives every request: its per-worker rate limit (RECS_KEY_RATE_PER_S) would
