@@ -1,8 +1,15 @@
 """ANN index factory over any model's item vectors (FAISS).
 
 Below ``exact_max`` vectors the index is exact (``IndexFlatIP``); above it, HNSW with
-inner product. ``recall_vs_exact`` measures what the approximation loses, so every
-built index records its recall against exact search on a seeded sample of queries.
+inner product, over float32 vectors (``hnsw_codes="flat"``, the default) or 8-bit
+scalar-quantized codes (``"sq8"``, ``IndexHNSWSQ``). Codes cut the vectors' memory by 4
+(the graph's links stay) and an HNSW search's time by about 1.5 (a search is bound by
+reading the vectors of the nodes it visits, at random), but their scores are approximate
+and near-ties swap: they are for callers that rescore the hits exactly, as the funnel's
+generators do (models/generators.py:search); lists served with the index's own scores
+(similar items) keep float32. ``recall_vs_exact`` measures what the approximation loses,
+so every built index records its recall against exact search on a seeded sample of
+queries.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ class IndexConfig:
     hnsw_m: int = 32
     ef_construction: int = 200
     ef_search: int = 256
+    hnsw_codes: str = "flat"  # how the HNSW graph stores vectors: "flat" (float32) or "sq8"
     normalize: bool = False  # True: cosine similarity instead of inner product
 
 
@@ -44,7 +52,14 @@ def build(vectors: np.ndarray, config: IndexConfig = IndexConfig()):
     if len(x) <= config.exact_max:
         index = faiss.IndexFlatIP(d)
     else:
-        index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        if config.hnsw_codes == "sq8":  # per-dimension min/max: deterministic training
+            index = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_8bit, config.hnsw_m,
+                                      faiss.METRIC_INNER_PRODUCT)
+            index.train(x)
+        elif config.hnsw_codes == "flat":
+            index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        else:
+            raise ValueError(f"hnsw_codes must be 'sq8' or 'flat', not {config.hnsw_codes!r}")
         index.hnsw.efConstruction = config.ef_construction
         index.hnsw.efSearch = config.ef_search
         threads = faiss.omp_get_max_threads()
@@ -61,7 +76,7 @@ def build(vectors: np.ndarray, config: IndexConfig = IndexConfig()):
 def kind(index) -> str:
     import faiss
 
-    return "hnsw" if isinstance(index, faiss.IndexHNSWFlat) else "flat"
+    return "hnsw" if isinstance(index, faiss.IndexHNSW) else "flat"
 
 
 def search(index, queries: np.ndarray, k: int, normalize: bool = False):

@@ -276,6 +276,54 @@ def test_generator_proposes_its_best_items_outside_history(world, source):
             assert (ref[r, got] > 0).all(), f"user {u}: {source} picks without evidence"
 
 
+def test_new_items_are_read_per_category_down_to_what_can_hold_the_best(world, monkeypatch):
+    """"new" reads each category's new items (freshest first) only down to n + the
+    user's consumed new items of that category + MARGIN. With no margin and n = 1 the cut
+    bites in this world (4 new items in one category, users who consumed some of them),
+    and every user's pick is still the best new item outside the history."""
+    monkeypatch.setattr(gn, "MARGIN", 0)
+    users = np.arange(world.sig.n_users)
+    cand = gn.generate(world.sig, users, only("new", 1))
+    ref = reference(world, "new", users)
+    hrows = _history_rows(world, world.sig.user_ids[users])
+    j = gn.SOURCES.index("new")
+    for r in range(len(users)):
+        got = ranked_list(cand, r, j)
+        allowed = np.setdiff1d(np.arange(world.sig.n_items), hrows[r])
+        assert len(got) == 1 and got[0] in allowed
+        assert ref[r, got[0]] == pytest.approx(ref[r, allowed].max(), rel=1e-4)
+    every = sum(map(len, gn.retrieval(world.sig).new_by_category))
+    batch = gn.Batch(world.sig, users)
+    read = [sum(map(len, gn._new_lists(batch, r, 1))) for r in range(len(users))]
+    assert min(read) < every, (read, every)
+
+
+def test_new_items_head_holds_the_best_for_any_category_factors(monkeypatch):
+    """The heads _new_lists reads hold, for any positive factor per category, the best n
+    new items outside the consumed ones (seeded random catalogs, consumed items drawn
+    from the freshest, where the cut matters; no margin, so the count of consumed items
+    alone must make room)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(gn, "MARGIN", 0)
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        n_items, n_cat, n = 300, 5, int(rng.integers(1, 6))
+        fresh = np.where(rng.random(n_items) < 0.4, rng.random(n_items), 0.0)
+        col = rng.integers(0, n_cat, n_items)
+        side = SimpleNamespace(fresh=fresh, category_col=col, new_by_category=[
+            gn._sorted_rows(fresh, np.flatnonzero(col == c)) for c in range(n_cat)])
+        newest = np.argsort(-fresh)[:40]
+        consumed = rng.choice(newest, size=int(rng.integers(0, 30)), replace=False)
+        batch = SimpleNamespace(exclude=[consumed], side=side)
+        pool = set(np.concatenate(gn._new_lists(batch, 0, n)).tolist())
+        factor = rng.uniform(0.5, 1.5, n_cat)
+        value = fresh * factor[col]
+        allowed = np.setdiff1d(np.flatnonzero(fresh > 0), consumed)
+        best = allowed[np.argsort(-value[allowed], kind="stable")[:n]]
+        assert set(best.tolist()) <= pool
+
+
 def test_generate_merges_duplicates_keeping_every_rank(world):
     sig = world.sig
     users = warm_rows(world)

@@ -36,6 +36,28 @@ def test_hnsw_above_the_threshold_keeps_recall_above_the_floor():
     assert ann.recall_vs_exact(cos, x, queries, k=10, normalize=True) >= 0.95
 
 
+def test_hnsw_codes_float32_by_default_sq8_on_request_and_nothing_else():
+    """The graph stores float32 vectors by default, 8-bit codes (a quarter of the memory)
+    on request; both above the recall floor on the same data."""
+    import faiss
+    import pytest
+
+    x = _clustered(12_000, 48, 4)
+    queries = x[ann.sample_queries(len(x), n=200, seed=7)]
+    sq8 = ann.build(x, ann.IndexConfig(exact_max=0, hnsw_codes="sq8"))
+    flat = ann.build(x, ann.IndexConfig(exact_max=0))
+    assert isinstance(sq8, faiss.IndexHNSWSQ) and isinstance(flat, faiss.IndexHNSWFlat)
+    assert ann.kind(sq8) == ann.kind(flat) == "hnsw"
+    assert sq8.hnsw.efSearch == flat.hnsw.efSearch == ann.IndexConfig().ef_search
+    for index in (sq8, flat):
+        assert ann.recall_vs_exact(index, x, queries, k=10) >= 0.95
+    sizes = [len(faiss.serialize_index(i)) for i in (sq8, flat)]
+    # Codes: 48 bytes a vector instead of 192 (the graph's links are the same in both).
+    assert sizes[1] - sizes[0] >= 0.95 * len(x) * (192 - 48), sizes
+    with pytest.raises(ValueError, match="hnsw_codes"):
+        ann.build(x, ann.IndexConfig(exact_max=0, hnsw_codes="pq"))
+
+
 def test_hnsw_builds_are_identical_and_leave_the_thread_count_alone():
     """A re-run of a date must build the same graph: FAISS's multi-threaded HNSW add is
     not reproducible (its maintainers' advice: add on one thread), so build() adds on one
