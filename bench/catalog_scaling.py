@@ -32,12 +32,13 @@ that does not find the items.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import numpy as np
 import pandas as pd
+
+from bench.common import emit
 
 NOISE = 0.3
 
@@ -180,10 +181,7 @@ def main() -> None:
     base = result["sizes"][sizes[0]]["per_user_ms"]
     for r in result["sizes"].values():
         r["per_user_over_smallest"] = round(r["per_user_ms"] / base, 2)
-    print(json.dumps(result, indent=2))
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -17,6 +18,14 @@ import requests
 from core.settings import PROJECT_ROOT
 
 BIN = Path(sys.executable).parent
+
+
+def emit(result: dict, out: str | None) -> None:
+    """Print a benchmark's result as JSON, and write it to ``out`` when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
 
 
 def free_port() -> int:

@@ -15,12 +15,12 @@ bench/catalog_scaling.py draws them), at efSearch 128 and 256 (the shipped value
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 
 from bench.catalog_scaling import embeddings
+from bench.common import emit
 from models import index as ann
 
 
@@ -67,10 +67,7 @@ def main() -> None:
             finally:
                 faiss.omp_set_num_threads(threads)
     result = {"args": vars(args), "rows": rows}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,12 @@ def grow(dsn: str, version: str, first_user: int, n: int) -> None:
     conn.close()
 
 
+def reader(settings):
+    """An in-process reader with the short statement timeout (and lists in their order)."""
+    return create_app({"SETTINGS": settings.replace(statement_timeout_ms=TIMEOUT_MS,
+                                                    exploration_rate=0.0), "TESTING": True})
+
+
 def served(client, key: str, path: str) -> dict:
     r = client.get(path, headers={"X-API-Key": key})
     assert r.status_code == 200, r.get_data(as_text=True)
@@ -51,9 +57,7 @@ def test_a_large_first_version_is_served_from_its_lists(settings, dsn):
         assert cur.fetchone() == (VERSION, None)
     conn.close()
     key = make_key(dsn, ("read",))
-    app = create_app({"SETTINGS": settings.replace(statement_timeout_ms=TIMEOUT_MS,
-                                                   exploration_rate=0.0),
-                      "TESTING": True})
+    app = reader(settings)
     try:
         client = app.test_client()
         t0 = time.monotonic()
@@ -81,9 +85,7 @@ def test_versions_named_but_not_kept_cost_no_scan(settings, dsn):
         cur.execute("UPDATE serving_state SET previous_version = 'v-retired'")
     conn.close()
     key = make_key(dsn, ("read",))
-    app = create_app({"SETTINGS": settings.replace(statement_timeout_ms=TIMEOUT_MS,
-                                                   exploration_rate=0.0),
-                      "TESTING": True})
+    app = reader(settings)
     try:
         store = app.extensions["recs"].store
         assert store.has_lists(VERSION) and not store.has_lists("v-retired")
