@@ -11,10 +11,17 @@ shipped steps, its precompute already the Spark job). Then, on that version's in
 * **spark local[1]** and **local[2]**: ``jobs.spark_funnel.run`` end to end (reading the
   lake, buckets, applyInPandas, writing the lists), a fresh session each.
 
+* with ``--cluster``: **standalone clusters** of one and of two one-core workers
+  (tests/spark_cluster.py: a master and workers from the pyspark package, each worker
+  with its own temporary folders), the same job on each, a fresh cluster and session
+  each (``--cluster-only`` skips the in-process and local runs).
+
 Prints users/s and users/s per core of each, the in-process / Spark per-core ratio (the
-cost of distribution; the issue's bar is <= 1.5) and the local[2] / local[1] speed-up.
+cost of distribution; the issue's bar is <= 1.5), the local[2] / local[1] speed-up and,
+with ``--cluster``, the two-worker / one-worker speed-up (the issue's bar: >= 1.7).
 
     .venv/bin/python -m bench.spark_funnel [--users 20000] [--items 5000] [--events 1000000]
+                                           [--cluster [--cluster-only]]
 """
 
 from __future__ import annotations
@@ -35,6 +42,10 @@ def main() -> None:
     p.add_argument("--users", type=int, default=20_000)
     p.add_argument("--items", type=int, default=5_000)
     p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument("--cluster", action="store_true",
+                   help="also time the job on standalone clusters of one and two workers")
+    p.add_argument("--cluster-only", action="store_true",
+                   help="with --cluster: skip the in-process and local runs")
     p.add_argument("--keep", action="store_true", help="keep the scratch home")
     p.add_argument("--out", help="also write the result as JSON here")
     args = p.parse_args()
@@ -49,13 +60,15 @@ def main() -> None:
         scratch.recs("pipeline", "--inline")
         result["pipeline_s"] = round(time.perf_counter() - t0, 1)
         scratch.use()
-        result.update(measure(scratch.dsn))
+        result.update(measure(scratch.dsn, local=not (args.cluster and args.cluster_only),
+                              cluster=scratch.home / "bench-cluster" if args.cluster
+                              else None))
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
 
 
-def measure(dsn: str) -> dict:
+def measure(dsn: str, local: bool = True, cluster: Path | None = None) -> dict:
     import psycopg2
     import torch
 
@@ -83,6 +96,37 @@ def measure(dsn: str) -> dict:
     rules = load_rules(items)
     out: dict = {}
 
+    def spark_run(master: str, label: str) -> dict:
+        spark = spark_funnel.session(master)
+        try:
+            t0 = time.perf_counter()
+            job = spark_funnel.run(
+                spark, catalog_dir=catalog_dir, pairs_path=arts["pairs"],
+                users_path=arts.get("users"), als_dir=str(Path(arts["als"]) / "full"),
+                two_tower_dir=str(Path(arts["two_tower"]) / "full"),
+                ranker_dir=arts["ranker"], items_path=arts["items"], model=model,
+                config=cfg, rules=rules, top_k=s.top_k,
+                out_dir=str(lake / "bench-spark-funnel" / label))
+            seconds = time.perf_counter() - t0
+        finally:
+            spark.stop()
+        return {"users": job["n_users"], "buckets": job["buckets"],
+                "seconds": round(seconds, 1), "users_per_s": round(job["n_users"] / seconds, 1)}
+
+    if cluster is not None:
+        from tests.spark_cluster import standalone
+
+        for workers in (1, 2):
+            with standalone(cluster / f"workers{workers}", workers=workers) as c:
+                r = spark_run(c.url, f"cluster{workers}")
+            r["users_per_s_per_core"] = round(r["users_per_s"] / workers, 1)
+            out[f"cluster_{workers}_workers"] = r
+            print(f"standalone, {workers} one-core worker(s):", r, flush=True)
+        out["cluster2_over_cluster1"] = round(out["cluster_2_workers"]["users_per_s"]
+                                              / out["cluster_1_workers"]["users_per_s"], 2)
+    if not local:
+        return out
+
     # In-process, one core.
     torch.set_num_threads(1)
     catalog = spark_funnel.load_catalog(catalog_dir)
@@ -104,23 +148,9 @@ def measure(dsn: str) -> dict:
     print("in-process:", out["in_process"], flush=True)
 
     for cores in (1, 2):
-        spark = spark_funnel.session(f"local[{cores}]")
-        try:
-            t0 = time.perf_counter()
-            job = spark_funnel.run(
-                spark, catalog_dir=catalog_dir, pairs_path=arts["pairs"],
-                users_path=arts.get("users"), als_dir=str(Path(arts["als"]) / "full"),
-                two_tower_dir=str(Path(arts["two_tower"]) / "full"),
-                ranker_dir=arts["ranker"], items_path=arts["items"], model=model,
-                config=cfg, rules=rules, top_k=s.top_k,
-                out_dir=str(lake / "bench-spark-funnel" / f"local{cores}"))
-            seconds = time.perf_counter() - t0
-        finally:
-            spark.stop()
-        out[f"spark_local_{cores}"] = {
-            "users": job["n_users"], "buckets": job["buckets"], "seconds": round(seconds, 1),
-            "users_per_s": round(job["n_users"] / seconds, 1),
-            "users_per_s_per_core": round(job["n_users"] / seconds / cores, 1)}
+        r = spark_run(f"local[{cores}]", f"local{cores}")
+        r["users_per_s_per_core"] = round(r["users_per_s"] / cores, 1)
+        out[f"spark_local_{cores}"] = r
         print(f"spark local[{cores}]:", out[f"spark_local_{cores}"], flush=True)
     out["in_process_over_spark_per_core"] = round(
         out["in_process"]["users_per_s_per_core"]
