@@ -118,6 +118,9 @@ class Settings:
     exposure_flush_s: float = 0.5
     # The funnel (issue 3): generators, ranker, re-ranking.
     two_tower_epochs: int = 0  # 0: the model's default
+    # The two-tower training budget, steps per fit (0: the model's default, 4,000; a fit
+    # stops there within its last epoch, so its cost stops growing with the data).
+    two_tower_max_steps: int = 0
     two_tower_text: int = 1  # 1: the item tower reads MiniLM text embeddings
     covisit_window: int = 20
     covisit_top: int = 100
@@ -231,6 +234,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "exposure_batch": (1, 100_000),
     "exposure_flush_s": (0.01, 60.0),
     "two_tower_epochs": (0, 1000),
+    "two_tower_max_steps": (0, 10_000_000),
     "two_tower_text": (0, 1),
     "covisit_window": (1, 1000),
     "covisit_top": (1, 10_000),

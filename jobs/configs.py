@@ -23,18 +23,22 @@ from models.two_tower import TwoTowerConfig
 # Settings that shape a model version (the rest: where things live, serving, operations).
 MODEL_KEYS = ("top_k", "similar_k", "trending_k", "trending_days", "window_days", "seed",
               "als_rank", "als_reg", "als_alpha", "als_iters", "exact_index_max_items",
-              "holdout_fraction", "gate_margin", "two_tower_epochs", "two_tower_text",
-              "covisit_window", "covisit_top", "covisit_min_count", "ease_lambda",
-              "ease_max_items", "ranker_epochs", "ranker_folds", "gate_max_users",
+              "holdout_fraction", "gate_margin", "two_tower_epochs", "two_tower_max_steps",
+              "two_tower_text", "covisit_window", "covisit_top", "covisit_min_count",
+              "ease_lambda", "ease_max_items", "ranker_epochs", "ranker_folds", "gate_max_users",
               "rerank_diversity", "rerank_freshness", "rerank_max_run",
               "rerank_popularity_penalty")
 
 
 def two_tower_config(s: Settings) -> TwoTowerConfig:
-    """The two-tower model's configuration: its defaults, the seed and the epochs."""
+    """The two-tower model's configuration: its defaults, the seed, the epochs and the
+    training budget (settings at 0 keep the model's default)."""
     cfg = TwoTowerConfig(seed=s.seed)
-    return cfg if not s.two_tower_epochs else \
-        dataclasses.replace(cfg, epochs=s.two_tower_epochs)
+    if s.two_tower_epochs:
+        cfg = dataclasses.replace(cfg, epochs=s.two_tower_epochs)
+    if s.two_tower_max_steps:
+        cfg = dataclasses.replace(cfg, max_steps=s.two_tower_max_steps)
+    return cfg
 
 
 def funnel_config(s: Settings) -> FunnelConfig:

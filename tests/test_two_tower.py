@@ -77,7 +77,8 @@ def test_masked_candidates_are_not_negatives_but_the_positive_stays():
 
 @pytest.mark.parametrize("field, value", [("dim", 0), ("temperature", 0.0),
                                           ("id_dropout", 1.0), ("logq", -1.0),
-                                          ("epochs", 1.5), ("lr", float("nan"))])
+                                          ("epochs", 1.5), ("lr", float("nan")),
+                                          ("max_steps", -1)])
 def test_bad_config_values_fail_naming_the_field(field, value):
     with pytest.raises(tt.TwoTowerError, match=field):
         tt.TwoTowerConfig(**{field: value})
@@ -110,6 +111,25 @@ def test_two_trainings_with_one_seed_give_identical_vectors(synthetic, trained):
     seeds = [tt.fit(pairs, items, tt.TwoTowerConfig(**{**one_epoch, "seed": s}))[0]
              for s in (1, 2)]
     assert not np.array_equal(*(m.item_vectors(item_feats) for m in seeds))
+
+
+def test_the_training_budget_stops_a_fit_within_its_last_epoch(synthetic, trained):
+    pairs, items = synthetic
+    model, item_feats, _ = trained
+    per_epoch = model.training_log[0]["steps"]
+    assert [h["steps"] for h in model.training_log] == [per_epoch] * SMALL.epochs
+    # A budget of two and a half epochs: two whole epochs, then half of the third.
+    budget = 2 * per_epoch + per_epoch // 2
+    capped, _, _ = tt.fit(pairs, items, tt.TwoTowerConfig(**{**SMALL.to_dict(),
+                                                            "max_steps": budget}))
+    assert [h["steps"] for h in capped.training_log] == [per_epoch, per_epoch,
+                                                         per_epoch // 2]
+    assert tt.training_steps(len(pairs) * 1000, capped.config) == budget
+    # A budget the epochs stay under changes nothing: the same fit as no cap at all.
+    uncapped, _, _ = tt.fit(pairs, items, tt.TwoTowerConfig(**{**SMALL.to_dict(),
+                                                              "max_steps": 0}))
+    assert SMALL.max_steps > SMALL.epochs * per_epoch
+    assert np.array_equal(uncapped.item_vectors(item_feats), model.item_vectors(item_feats))
 
 
 def _category_precision(vecs: np.ndarray, queries: np.ndarray, cats: np.ndarray,
