@@ -14,6 +14,10 @@ more, a log-log plot of seconds per stage against events (``--plot``) and the fi
 slope per stage (1 = linear in the data).
 
     .venv/bin/python -m bench.scale [--events 1000000,10000000,50000000] [--master local[2]]
+
+``--append`` adds this run's sizes to the results already in ``--out`` (sizes measured
+again replace theirs), so sizes can be measured one invocation at a time; the slopes and
+the plot then cover them all.
 """
 
 from __future__ import annotations
@@ -189,14 +193,21 @@ def main() -> None:
     p.add_argument("--out", default="var/bench/scale.json")
     p.add_argument("--plot", default="docs/img/scale.png")
     p.add_argument("--keep", action="store_true", help="keep the scratch homes")
+    p.add_argument("--append", action="store_true",
+                   help="add to the results already in --out (same master)")
     p.add_argument("--run-steps", metavar="OUT", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.run_steps:
         run_steps(args.run_steps)
         return
+    sizes = [int(x) for x in args.events.split(",")]
     results = []
-    for events in (int(x) for x in args.events.split(",")):
+    if args.append and Path(args.out).exists():
+        results = [r for r in json.loads(Path(args.out).read_text())["results"]
+                   if r["master"] == args.master and r["events"] not in sizes]
+    for events in sizes:
         results.append(one_size(events, args.master, args.keep))
+        results.sort(key=lambda r: r["events"])
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"results": results}, indent=2))
     summary = {"results": results, "slopes": slopes(results)}
