@@ -48,6 +48,10 @@ class Settings:
     window_days: int = 0  # 0: train on all history up to the logical date
     spark_master: str = "local[*]"
     spark_driver_memory: str = "2g"
+    # Windows of at least this many events are summed in Spark by prepare and item_stats
+    # (jobs/event_aggregates.py: the events never sit in one process); smaller ones in
+    # pandas, where a JVM's start would cost more than the whole step.
+    spark_aggregate_min_events: int = 5_000_000
     seed: int = 42
     als_rank: int = 32
     als_reg: float = 0.3
@@ -235,6 +239,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "exposure_flush_s": (0.01, 60.0),
     "two_tower_epochs": (0, 1000),
     "two_tower_max_steps": (0, 10_000_000),
+    "spark_aggregate_min_events": (0, 10**15),
     "two_tower_text": (0, 1),
     "covisit_window": (1, 1000),
     "covisit_top": (1, 10_000),

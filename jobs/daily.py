@@ -35,11 +35,21 @@ def extract(day: dt.date) -> dict:
     return job.run(day)
 
 
+def aggregate_engine(extracted: dict) -> dict:
+    """Where prepare and item_stats sum the window's events: Spark from
+    ``spark_aggregate_min_events`` events on, else pandas in this process."""
+    s = settings_mod.get()
+    spark = extracted.get("n_events", 0) >= s.spark_aggregate_min_events
+    return {"engine": "spark" if spark else "pandas", "spark_master": s.spark_master,
+            "driver_memory": s.spark_driver_memory}
+
+
 def prepare(day: dt.date, extracted: dict) -> dict:
     from jobs import prepare as job
 
     s = settings_mod.get()
-    out = job.run(day, extracted["events"], holdout=s.holdout_fraction, seed=s.seed)
+    out = job.run(day, extracted["events"], holdout=s.holdout_fraction, seed=s.seed,
+                  **aggregate_engine(extracted))
     als_dir = lake.partition("als", day)
     out["als_dir"] = str(als_dir)
     out["als_args"] = als_args(out, als_dir)
@@ -203,7 +213,7 @@ def item_stats(day: dt.date, extracted: dict) -> dict:
     s = settings_mod.get()
     return job.run(day, extracted["events"], extracted["items"], k=s.trending_k,
                    recent_days=s.trending_days, data_end=extracted["data_end"],
-                   users_path=extracted.get("users"))
+                   users_path=extracted.get("users"), **aggregate_engine(extracted))
 
 
 def build_index(day: dt.date, pairs: dict) -> dict:

@@ -33,19 +33,36 @@ def split_pairs(pairs: pd.DataFrame, how: str, holdout: float, seed: int):
 
 
 def run(day: dt.date, events: list[str], *, holdout: float, seed: int,
-        split: str = "stratified", lake_root: Path | None = None) -> dict:
-    """Pairs of the window's event files (jobs/extract.py:window_files, oldest first)."""
-    from jobs.extract import read_events
+        split: str = "stratified", lake_root: Path | None = None, engine: str = "pandas",
+        spark_master: str | None = None, driver_memory: str = "2g") -> dict:
+    """Pairs of the window's event files (jobs/extract.py:window_files, oldest first).
 
-    frame = read_events(events)
-    if frame.empty:
-        raise ValueError(f"no events in the window ending {day} ({len(events)} day files); "
-                         "nothing to train on")
-    # Sorted by (user, item): the pairs do not depend on how the window's days were cut.
-    pairs = aggregate_pairs(frame).sort_values(["user_id", "item_id"], ignore_index=True)
-    train, test = split_pairs(pairs, split, holdout, seed)
+    ``engine``: 'pandas' reads the events into this process; 'spark' sums them into pairs
+    in Spark (jobs/event_aggregates.py), so that only the pairs, not the events, reach
+    this process. Both give the same pairs and the same split.
+    """
+    if engine not in ("pandas", "spark"):
+        raise ValueError(f"engine must be 'pandas' or 'spark', got {engine!r}")
     out = lake.partition("pairs", day, lake_root)
     with lake.atomic_dir(out) as tmp:
+        if engine == "spark":
+            from jobs import event_aggregates
+
+            pairs = event_aggregates.pairs(events, tmp / "aggregated", master=spark_master,
+                                           driver_memory=driver_memory)
+        else:
+            from jobs.extract import read_events
+
+            frame = read_events(events)
+            pairs = aggregate_pairs(frame) if len(frame) else frame
+            del frame
+        if pairs.empty:
+            raise ValueError(f"no events in the window ending {day} ({len(events)} day "
+                             "files); nothing to train on")
+        # Sorted by (user, item): the pairs do not depend on how the window's days were
+        # cut, nor on the engine that summed them.
+        pairs = pairs.sort_values(["user_id", "item_id"], ignore_index=True)
+        train, test = split_pairs(pairs, split, holdout, seed)
         # Microsecond timestamps (Postgres' precision): Spark reads no nanoseconds.
         for name, frame in (("full", pairs), ("train", train), ("test", test)):
             frame.to_parquet(tmp / f"{name}.parquet", index=False, coerce_timestamps="us")
@@ -53,4 +70,5 @@ def run(day: dt.date, events: list[str], *, holdout: float, seed: int,
                for name in ("full", "train", "test")},
             "n_pairs": len(pairs),
             "n_users": int(pairs["user_id"].nunique()),
-            "n_items": int(pairs["item_id"].nunique())}
+            "n_items": int(pairs["item_id"].nunique()),
+            "engine": engine}

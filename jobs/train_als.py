@@ -85,13 +85,12 @@ def n_blocks(n_pairs: int) -> int:
 
 def _dense_ids(frame, column: str, alias: str):
     """(``column``, ``alias``): the sorted distinct ids of ``column`` numbered 0.. in id
-    order, so the numbering is the same however the data is partitioned."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    ids = frame.select(column).distinct()
-    return ids.select(column, (F.row_number().over(Window.orderBy(column)) - 1)
-                      .cast("int").alias(alias))
+    order, so the numbering is the same however the data is partitioned. The ids are
+    sorted over range partitions and numbered by ``zipWithIndex`` (a count per
+    partition, then offsets): no step moves every id into one partition."""
+    ids = frame.select(column).distinct().orderBy(column)
+    return ids.rdd.zipWithIndex().map(lambda row: (row[0][0], row[1])).toDF(
+        f"{column} long, {alias} int")
 
 
 def _collect_factors(factors, ids, column: str, rank: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,8 +16,8 @@ def popularity(events: pd.DataFrame, as_of: pd.Timestamp,
     """Decayed count of distinct (user, item) engagements per item, as of ``as_of``."""
     age = (as_of - events["timestamp"]).dt.total_seconds() / 86_400.0
     w = np.power(0.5, np.clip(age.to_numpy(), 0, None) / half_life_days)
-    return (pd.Series(w, index=events["item_id"].to_numpy()).groupby(level=0).sum()
-            .sort_values(ascending=False, kind="stable"))
+    return popularity_from_sums(pd.Series(w, index=events["item_id"].to_numpy())
+                                .groupby(level=0).sum())
 
 
 def counts(pairs: pd.DataFrame) -> pd.Series:
@@ -38,7 +38,15 @@ def trending(events: pd.DataFrame, as_of: pd.Timestamp, recent_days: int = 7,
     base_start = recent_start - pd.Timedelta(days=baseline_days)
     recent = events.loc[(t >= recent_start) & (t < as_of), "item_id"].value_counts()
     base = events.loc[(t >= base_start) & (t < recent_start), "item_id"].value_counts()
-    recent = recent[recent >= min_recent]
+    return trending_from_counts(recent, base, recent_days, baseline_days, min_recent)
+
+
+def trending_from_counts(recent: pd.Series, base: pd.Series, recent_days: int = 7,
+                         baseline_days: int = 28, min_recent: int = 2) -> pd.Series:
+    """:func:`trending` from each item's event counts in the recent and the baseline
+    window (item id -> count; an item absent from ``base`` had none). Ties rank in item
+    id order, so the counts may come from anywhere (pandas, Spark) in any order."""
+    recent = recent[recent >= min_recent].sort_index()
     if recent.empty:
         return pd.Series(dtype="float64")
     r_rate = recent / recent_days
@@ -46,6 +54,12 @@ def trending(events: pd.DataFrame, as_of: pd.Timestamp, recent_days: int = 7,
     score = (r_rate - b_rate) / np.sqrt(b_rate + 1.0 / recent_days)
     score = score[score > 0]
     return score.sort_values(ascending=False, kind="stable")
+
+
+def popularity_from_sums(sums: pd.Series) -> pd.Series:
+    """:func:`popularity` from each item's sum of decayed weights (item id -> sum), in
+    the same order: highest first, ties in item id order."""
+    return sums.sort_index().sort_values(ascending=False, kind="stable")
 
 
 def popularity_predictions(train: pd.DataFrame, test_users: np.ndarray,
