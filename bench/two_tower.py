@@ -7,7 +7,10 @@ a local Spark session; both scored on the same users (test users with training p
 top-10 excluding training items, every test rating relevant. Prints a markdown table.
 
     .venv/bin/python -m bench.two_tower [--data ../shared/data/ml-latest-small]
-        [--seeds 42,7,3] [--text] [--no-als]
+        [--seeds 42,7,3] [--text] [--no-als] [--max-steps 0,443,222]
+
+``--max-steps`` trains each seed once per training budget (``TwoTowerConfig.max_steps``;
+0: every epoch), to show what a budget that cuts the epochs short costs.
 """
 
 from __future__ import annotations
@@ -53,19 +56,26 @@ def main() -> None:
     p.add_argument("--seeds", default="42", help="two-tower seeds, comma-separated")
     p.add_argument("--text", action="store_true", help="add item text embeddings")
     p.add_argument("--no-als", action="store_true", help="skip the ALS reference")
+    p.add_argument("--max-steps", default=str(TwoTowerConfig.max_steps),
+                   help="training budgets, comma-separated (0: no cap)")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     path = Path(args.data)
     data = job.protocol_data(path)
     runs = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        config = TwoTowerConfig(seed=seed)
-        runs.append(job.evaluate_protocol(path, config, text=args.text, data=data))
-        r = runs[-1]
-        print(f"two-tower seed {seed}: NDCG@10 {r['results']['two_tower']['ndcg@10']:.4f}, "
-              f"precision@10 {r['results']['two_tower']['precision@10']:.4f}, "
-              f"trained in {r['train_seconds']}s", flush=True)
+    budgets = [int(b) for b in args.max_steps.split(",")]
+    for max_steps in budgets:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            config = TwoTowerConfig(seed=seed, max_steps=max_steps)
+            runs.append(job.evaluate_protocol(path, config, text=args.text, data=data))
+            r = runs[-1]
+            steps = sum(e.get("steps", 0) for e in r["epochs"])
+            r["steps"] = steps
+            print(f"two-tower seed {seed}, max_steps {max_steps} ({steps} steps): NDCG@10 "
+                  f"{r['results']['two_tower']['ndcg@10']:.4f}, precision@10 "
+                  f"{r['results']['two_tower']['precision@10']:.4f}, "
+                  f"trained in {r['train_seconds']}s", flush=True)
     als = None if args.no_als else als_protocol(data)
     first = runs[0]
     print(f"\n{path} - stratified 75/25 seed 42: {first['n_train']} train / "
@@ -74,13 +84,17 @@ def main() -> None:
     print("| model | " + " | ".join(COLUMNS) + " | training seconds |")
     print("|---|" + "---|" * (len(COLUMNS) + 1))
     for r in runs:
-        print(_row(f"two-tower (seed {r['config']['seed']})", r["results"]["two_tower"],
-                   r["train_seconds"]))
-    if len(runs) > 1:
-        mean = {c: statistics.mean(r["results"]["two_tower"][c] for r in runs) for c in COLUMNS}
-        sd = statistics.stdev(r["results"]["two_tower"]["ndcg@10"] for r in runs)
-        print(_row(f"two-tower, mean of {len(runs)} (NDCG sd {sd:.4f})", mean,
-                   round(statistics.mean(r["train_seconds"] for r in runs), 1)))
+        print(_row(f"two-tower (seed {r['config']['seed']}, {r['steps']} steps)",
+                   r["results"]["two_tower"], r["train_seconds"]))
+    for max_steps in budgets:
+        group = [r for r in runs if r["config"]["max_steps"] == max_steps]
+        if len(group) > 1:
+            mean = {c: statistics.mean(r["results"]["two_tower"][c] for r in group)
+                    for c in COLUMNS}
+            sd = statistics.stdev(r["results"]["two_tower"]["ndcg@10"] for r in group)
+            print(_row(f"two-tower, max_steps {max_steps}, mean of {len(group)} "
+                       f"(NDCG sd {sd:.4f})", mean,
+                       round(statistics.mean(r["train_seconds"] for r in group), 1)))
     if als is not None:
         print(_row("ALS (default AlsParams)", als["results"]["als"], als["train_seconds"]))
     print(_row("popularity", first["results"]["popularity"], "-"))
