@@ -46,6 +46,37 @@ def _factors_equal(a: Path, b: Path, fits=("full", "eval")) -> None:
         np.testing.assert_array_equal(x.item_factors, y.item_factors)
 
 
+def _aggregates_equal(live: dict, arts: dict, master: str, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from jobs import item_stats, prepare
+    from jobs.extract import window_files
+    from tests.test_nearline import DAY
+
+    s = settings_mod.get()
+    files = window_files(DAY, s.window_days, None)
+    end = (dt.datetime.combine(DAY, dt.time(), dt.UTC) + dt.timedelta(days=1)).isoformat()
+    pairs, lists = {}, {}
+    for engine, spark_master in (("pandas", None), ("spark", master)):
+        root = tmp_path / f"aggregates-{engine}"
+        pairs[engine] = prepare.run(DAY, files, holdout=s.holdout_fraction, seed=s.seed,
+                                    engine=engine, spark_master=spark_master,
+                                    lake_root=root)
+        lists[engine] = pd.read_parquet(item_stats.run(
+            DAY, files, arts["items"], k=s.trending_k, recent_days=s.trending_days,
+            data_end=end, users_path=arts.get("users"), engine=engine,
+            spark_master=spark_master, lake_root=root)["lists"])
+    for name in ("full", "train", "test"):
+        a, b = (pd.read_parquet(pairs[e][name]) for e in ("pandas", "spark"))
+        pd.testing.assert_frame_equal(a, pd.read_parquet(live["pairs"][name]))
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12)
+        assert len(a) > 100
+    a, b = lists["pandas"], lists["spark"]
+    assert len(a) > 10
+    pd.testing.assert_frame_equal(a.drop(columns="score"), b.drop(columns="score"))
+    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-9)
+
+
 def test_spark_steps_on_a_cluster_equal_local(live, spark_cluster, tmp_path, monkeypatch):
     from core import lake
     from jobs import covisit, spark_funnel, train_als
@@ -87,6 +118,10 @@ def test_spark_steps_on_a_cluster_equal_local(live, spark_cluster, tmp_path, mon
         ref = pd.read_parquet(Path(live["pairs"]["covisit_dir"]) / fit / "covisit.parquet")
         pd.testing.assert_frame_equal(a, ref, check_exact=False, rtol=1e-6)
         assert len(a) > 0
+
+    # The window's events summed on the cluster (prepare, item_stats: Spark) give what
+    # pandas gives in this process, and pandas what the version was built with.
+    _aggregates_equal(live, arts, spark_cluster.url, tmp_path)
 
     # The funnel on the cluster: the published lists (made on local[2]), item for item.
     lists_dir = Path(arts["als"]).parents[1] / "lists"
