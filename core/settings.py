@@ -125,6 +125,11 @@ class Settings:
     # The two-tower training budget, steps per fit (0: the model's default, 4,000; a fit
     # stops there within its last epoch, so its cost stops growing with the data).
     two_tower_max_steps: int = 0
+    # The daily DAG's two fits (eval, full) train side by side up to this many pairs in
+    # all, one after the other above it: a fit's memory grows with its pairs (about 140
+    # bytes a pair on top of 0.8 GiB, docs/benchmarks.md), so at 50M events two side by
+    # side would pass 8 GiB. 0: always one after the other.
+    two_tower_parallel_max_pairs: int = 20_000_000
     two_tower_text: int = 1  # 1: the item tower reads MiniLM text embeddings
     covisit_window: int = 20
     covisit_top: int = 100
@@ -239,6 +244,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "exposure_flush_s": (0.01, 60.0),
     "two_tower_epochs": (0, 1000),
     "two_tower_max_steps": (0, 10_000_000),
+    "two_tower_parallel_max_pairs": (0, 10**15),
     "spark_aggregate_min_events": (0, 10**15),
     "two_tower_text": (0, 1),
     "covisit_window": (1, 1000),

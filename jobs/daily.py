@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import sys
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import numpy as np
 from core import lake
 from core import settings as settings_mod
 from core.settings import PROJECT_ROOT
+
+log = logging.getLogger("recs.daily")
 
 ALS_APP = str(PROJECT_ROOT / "jobs" / "train_als.py")
 COVISIT_APP = str(PROJECT_ROOT / "jobs" / "covisit.py")
@@ -119,19 +122,39 @@ def text_embeddings(day: dt.date, extracted: dict) -> dict:
 
 def train_two_tower(day: dt.date, pairs: dict, extracted: dict, text: dict) -> dict:
     """The two-tower model on each fit's pairs, with its own FAISS index. Each fit trains
-    on one thread (repeatable), so the fits run side by side, one process each
-    (``python -m jobs.train_two_tower``: plain processes, not a multiprocessing pool,
-    which failed in a task run by the Airflow scheduler though ``airflow dags test`` ran
-    it): the result is the same as one after the other."""
+    on one thread (repeatable) in a process of its own (``python -m jobs.train_two_tower``:
+    plain processes, not a multiprocessing pool, which failed in a task run by the Airflow
+    scheduler though ``airflow dags test`` ran it). The fits run side by side while their
+    pairs together are at most ``two_tower_parallel_max_pairs``, one after the other above
+    it (a fit's memory grows with its pairs): the result is the same either way."""
     import json
     import subprocess
     import tempfile
+
+    import pyarrow.parquet as pq
 
     from jobs.configs import two_tower_config
 
     s = settings_mod.get()
     config = json.dumps(dataclasses.asdict(two_tower_config(s)))
-    procs = {}
+    n_pairs = sum(pq.read_metadata(pairs[part]).num_rows for part in FITS.values())
+    side_by_side = n_pairs <= s.two_tower_parallel_max_pairs
+    log.info("two-tower: %d fits on %d pairs in all, %s", len(FITS), n_pairs,
+             "side by side" if side_by_side else "one after the other")
+    procs: dict[str, subprocess.Popen] = {}
+    out = {}
+
+    def wait(name: str, proc: subprocess.Popen, tmp: str) -> None:
+        log_text, _ = proc.communicate()
+        if proc.returncode != 0:
+            for other in procs.values():
+                if other.poll() is None:
+                    other.kill()
+            raise RuntimeError(f"two-tower fit {name!r} failed with status "
+                               f"{proc.returncode}:\n{log_text[-3000:]}")
+        res = json.loads((Path(tmp) / f"{name}.json").read_text())
+        out[name] = {k: res[k] for k in ("dir", "train_seconds", "loss", "items_ip")}
+
     with tempfile.TemporaryDirectory(prefix="recs-two-tower-") as tmp:
         for name, part in FITS.items():
             argv = [sys.executable, "-m", "jobs.train_two_tower", "--pairs", pairs[part],
@@ -145,17 +168,13 @@ def train_two_tower(day: dt.date, pairs: dict, extracted: dict, text: dict) -> d
                 argv += ["--text-store", text["store"]]
             procs[name] = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                                            stderr=subprocess.STDOUT, text=True)
-        out = {}
+            if not side_by_side:
+                wait(name, procs[name], tmp)
         for name, proc in procs.items():
-            log_text, _ = proc.communicate()
-            if proc.returncode != 0:
-                for other in procs.values():
-                    other.kill()
-                raise RuntimeError(f"two-tower fit {name!r} failed with status "
-                                   f"{proc.returncode}:\n{log_text[-3000:]}")
-            res = json.loads((Path(tmp) / f"{name}.json").read_text())
-            out[name] = {k: res[k] for k in ("dir", "train_seconds", "loss", "items_ip")}
-    return {"dir": str(lake.partition("two_tower", day)), "fits": out}
+            if name not in out:
+                wait(name, proc, tmp)
+    return {"dir": str(lake.partition("two_tower", day)), "fits": out,
+            "side_by_side": side_by_side}
 
 
 def fit_artifacts(fit: str, als_dir: str, two_tower_dir: str, covisit_dir: str,

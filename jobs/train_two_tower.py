@@ -1,6 +1,7 @@
 """Train the two-tower model (models/two_tower.py) and export its vectors and FAISS index.
 
-``run()`` is the daily job: it reads the (user, item, weight, timestamp) pairs and the
+``run()`` is the daily job: it reads the (user, item, timestamp) pairs (the model uses no
+weight: each pair is one positive) and the
 items snapshot (item_id, title, category, tags) from Parquet, optionally the users'
 countries and the items' text embeddings, trains, and writes into ``out_dir``, replaced
 atomically:
@@ -32,7 +33,7 @@ import pandas as pd
 from models.two_tower import TwoTowerConfig
 
 log = logging.getLogger("recs.train_two_tower")
-PAIR_COLUMNS = ["user_id", "item_id", "weight", "timestamp"]
+PAIR_COLUMNS = ["user_id", "item_id", "timestamp"]
 ITEM_COLUMNS = ["item_id", "title", "category", "tags"]
 K = 10
 

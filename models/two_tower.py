@@ -270,14 +270,22 @@ class UserFeatures:
         for col in ("user_id", "item_id", "timestamp"):
             if col not in pairs.columns:
                 raise TwoTowerError(f"pairs: missing column {col!r}")
-        frame = pairs[["user_id", "item_id", "timestamp"]].sort_values(
-            ["user_id", "timestamp", "item_id"], ascending=[True, False, True], kind="stable")
-        users, start, count = np.unique(frame["user_id"].to_numpy(), return_index=True,
-                                        return_counts=True)
-        items = frame["item_id"].to_numpy(dtype="int64")
-        ts = pd.to_datetime(frame["timestamp"], utc=True)
+        ts = pd.to_datetime(pairs["timestamp"], utc=True)
+        if ts.isna().any():
+            raise TwoTowerError(f"pairs: timestamp missing in {int(ts.isna().sum())} row(s)")
         ref = ts.max() if reference is None else pd.Timestamp(reference)
-        recent = (ts > ref - pd.Timedelta(days=RECENT_DAYS)).to_numpy()
+        recent_all = (ts > ref - pd.Timedelta(days=RECENT_DAYS)).to_numpy()
+        # By user, newest first, then item id: sorted keys and one permutation (not a sorted
+        # copy of the frame), so the temporaries stay a few arrays of one column each.
+        order = np.lexsort((pairs["item_id"].to_numpy(dtype="int64"), -ts.array.asi8,
+                            pairs["user_id"].to_numpy(dtype="int64")))
+        del ts
+        recent = recent_all[order]
+        del recent_all
+        users, start, count = np.unique(pairs["user_id"].to_numpy(dtype="int64")[order],
+                                        return_index=True, return_counts=True)
+        items = pairs["item_id"].to_numpy(dtype="int64")[order]
+        del order
         n_recent = np.add.reduceat(recent.astype("int64"), start) if len(start) else start
         rank = np.arange(len(items)) - np.repeat(start, count)
         keep = rank < history_len
@@ -438,11 +446,15 @@ def _id_index(known_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.where(known_ids[pos_c] == ids, pos_c + 1, PAD).astype("int64")
 
 
-def _history_index(known_ids: np.ndarray, users: UserFeatures) -> np.ndarray:
-    """History item ids -> id indices; entries past each user's count -> padding."""
-    idx = _id_index(known_ids, users.history)
-    cols = np.arange(users.history.shape[1])[None, :]
-    return np.where(cols < users.history_count[:, None], idx, PAD)
+def _history_index(known_ids: np.ndarray, users: UserFeatures,
+                   rows: slice = slice(None)) -> np.ndarray:
+    """History item ids -> id indices; entries past each user's count -> padding. For the
+    users of ``rows`` only: callers go by chunks of users, so that the (users x
+    history_len) temporaries stay the size of a chunk."""
+    history, count = users.history[rows], users.history_count[rows]
+    idx = _id_index(known_ids, history)
+    cols = np.arange(history.shape[1])[None, :]
+    return np.where(cols < count[:, None], idx, PAD)
 
 
 @contextlib.contextmanager
@@ -522,15 +534,15 @@ class TwoTowerModel:
         """``(n_users, dim)`` unit vectors from each user's history, activity and country."""
         import torch
 
-        hist = _history_index(self.known_ids, users)
         country = np.where(users.country <= len(self.vocab.countries), users.country, PAD)
         out = np.zeros((len(users), self.config.dim), dtype="float32")
         self.net.eval()
         with _torch_scope(self.config.threads), torch.no_grad():
             for s in range(0, len(users), batch):
                 sl = slice(s, s + batch)
+                hist = _history_index(self.known_ids, users, sl)
                 out[sl] = self.net.user_forward(
-                    self.net.pool_history(torch.from_numpy(hist[sl])),
+                    self.net.pool_history(torch.from_numpy(hist)),
                     torch.from_numpy(np.ascontiguousarray(users.activity[sl], dtype="float32")),
                     torch.from_numpy(country[sl])).numpy()
         return out
@@ -583,11 +595,19 @@ class _Ragged:
     counts: np.ndarray
 
     @classmethod
-    def of(cls, hist_idx: np.ndarray) -> _Ragged:
-        valid = hist_idx != PAD
-        counts = valid.sum(axis=1).astype("int64")
-        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype("int64")
-        return cls(hist_idx[valid].astype("int64"), offsets, counts)
+    def of(cls, known_ids: np.ndarray, users: UserFeatures, chunk: int = 16_384) -> _Ragged:
+        """From the users' histories, a chunk of users at a time (never the whole padded
+        users x history_len matrix of indices at once)."""
+        flats, counts = [], []
+        for s in range(0, len(users), chunk):
+            hist_idx = _history_index(known_ids, users, slice(s, s + chunk))
+            valid = hist_idx != PAD
+            flats.append(hist_idx[valid].astype("int64"))
+            counts.append(valid.sum(axis=1).astype("int64"))
+        count = np.concatenate(counts) if counts else np.zeros(0, dtype="int64")
+        offsets = np.concatenate([[0], np.cumsum(count)[:-1]]).astype("int64")
+        flat = np.concatenate(flats) if flats else np.zeros(0, dtype="int64")
+        return cls(flat, offsets, count)
 
     def select(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions in ``flat``, bag offsets) of the histories of ``users``, in order."""
@@ -596,15 +616,22 @@ class _Ragged:
         shift = np.repeat(self.offsets[users] - bag_offsets, lengths)
         return np.arange(int(lengths.sum())) + shift, bag_offsets
 
-
-def _in_history(hist_idx: np.ndarray, p_user: np.ndarray, p_id: np.ndarray,
-                chunk: int = 65_536) -> np.ndarray:
-    """Whether each pair's item is in its user's (truncated) history."""
-    out = np.zeros(len(p_user), dtype=bool)
-    for s in range(0, len(p_user), chunk):
-        sl = slice(s, s + chunk)
-        out[sl] = (hist_idx[p_user[sl]] == p_id[sl, None]).any(axis=1)
-    return out
+    def contains(self, users: np.ndarray, ids: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+        """Whether each ``ids[k]`` (an id index, never padding) is in the (truncated)
+        history of ``users[k]``: (user, id) keys looked up in the sorted keys of the
+        histories, a chunk of pairs at a time."""
+        width = int(max(self.flat.max(initial=0), ids.max(initial=0))) + 1
+        keys = np.repeat(np.arange(len(self.counts), dtype="int64"), self.counts) * width
+        keys += self.flat
+        keys.sort()
+        out = np.zeros(len(users), dtype=bool)
+        if not len(keys):
+            return out
+        for s in range(0, len(users), chunk):
+            want = users[s:s + chunk].astype("int64") * width + ids[s:s + chunk]
+            pos = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+            out[s:s + chunk] = keys[pos] == want
+        return out
 
 
 def training_steps(n_pairs: int, config: TwoTowerConfig) -> int:
@@ -633,17 +660,16 @@ def train(pairs: pd.DataFrame, items: ItemFeatures, users: UserFeatures,
 
     if len(pairs) == 0:
         raise TwoTowerError("pairs: empty; nothing to train on")
-    item_row = pd.Series(np.arange(len(items)), index=items.item_ids)
-    user_row = pd.Series(np.arange(len(users)), index=users.user_ids)
-    p_item = item_row.reindex(pairs["item_id"].to_numpy()).to_numpy()
-    p_user = user_row.reindex(pairs["user_id"].to_numpy()).to_numpy()
-    if np.isnan(p_item).any():
-        bad = pairs["item_id"].to_numpy()[np.isnan(p_item)][0]
+    # Row of each pair's item and user (-1: none; the ids of a features object are unique).
+    p_item = pd.Index(items.item_ids).get_indexer(pairs["item_id"].to_numpy())
+    p_user = pd.Index(users.user_ids).get_indexer(pairs["user_id"].to_numpy())
+    if (p_item < 0).any():
+        bad = pairs["item_id"].to_numpy()[p_item < 0][0]
         raise TwoTowerError(f"pairs: item_id {bad} has no row in ItemFeatures")
-    if np.isnan(p_user).any():
-        bad = pairs["user_id"].to_numpy()[np.isnan(p_user)][0]
+    if (p_user < 0).any():
+        bad = pairs["user_id"].to_numpy()[p_user < 0][0]
         raise TwoTowerError(f"pairs: user_id {bad} has no row in UserFeatures")
-    p_item, p_user = p_item.astype("int64"), p_user.astype("int64")
+    p_item, p_user = p_item.astype("int64", copy=False), p_user.astype("int64", copy=False)
     if vocab is None:
         vocab = Vocab(tuple(f"c{i}" for i in range(int(items.category.max(initial=0)))),
                       tuple(f"t{i}" for i in range(int(items.tags.max(initial=0)))),
@@ -651,9 +677,8 @@ def train(pairs: pd.DataFrame, items: ItemFeatures, users: UserFeatures,
     known = np.unique(pairs["item_id"].to_numpy(dtype="int64"))
     item_id_idx = _id_index(known, items.item_ids)
     p_id = item_id_idx[p_item]
-    hist_idx = _history_index(known, users)
-    ragged = _Ragged.of(hist_idx)
-    p_inh = _in_history(hist_idx, p_user, p_id)
+    ragged = _Ragged.of(known, users)
+    p_inh = ragged.contains(p_user, p_id)
     log_q_all = sampling_log_probs(p_item, len(items))
     text_dim = 0 if items.text is None else items.text.shape[1]
     cfg = config

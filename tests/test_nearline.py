@@ -86,7 +86,7 @@ def build_live_version(dsn: str, *, users: int = 120, items: int = 80,
     out = daily_steps(DAY)
     assert out["result"]["passed"], out["result"]
     return {"version": out["result"]["version"], "pairs": out["pairs"],
-            "index": out["index"]}
+            "index": out["index"], "steps": out}
 
 
 def make_live(dsn, tmp_path, monkeypatch):

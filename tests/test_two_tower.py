@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -226,3 +228,59 @@ def test_the_job_writes_model_vectors_and_index_in_one_folder(tmp_path, syntheti
     model = tt.load(tmp_path / "tt")
     assert model.vocab.countries == ("FR", "US")
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_ragged_histories_answer_membership_as_the_padded_matrix_does():
+    rng = np.random.default_rng(3)
+    n_users, n_known, width = 300, 40, 12
+    counts = rng.integers(0, width + 1, n_users)
+    history = rng.integers(1, 60, (n_users, width))  # ids 1..59; ids over 40 are unknown
+    users = tt.UserFeatures(np.arange(n_users), history, counts,
+                            np.zeros((n_users, 2), dtype="float32"), np.zeros(n_users, "int64"))
+    known = np.arange(1, n_known + 1)
+    ragged = tt._Ragged.of(known, users, chunk=64)  # several chunks
+    padded = tt._history_index(known, users)
+    for u in range(n_users):
+        seg = ragged.flat[ragged.offsets[u]:ragged.offsets[u] + ragged.counts[u]]
+        assert seg.tolist() == [x for x in padded[u] if x != tt.PAD]
+    p_user = rng.integers(0, n_users, 5000)
+    p_id = rng.integers(1, n_known + 1, 5000)
+    want = (padded[p_user] == p_id[:, None]).any(axis=1)
+    assert want.any() and not want.all()
+    assert np.array_equal(ragged.contains(p_user, p_id, chunk=512), want)
+
+
+def test_pairs_without_a_timestamp_fail_naming_the_column():
+    pairs = pd.DataFrame({"user_id": [1, 1], "item_id": [2, 3],
+                          "timestamp": [pd.Timestamp("2026-01-01", tz="UTC"), pd.NaT]})
+    with pytest.raises(tt.TwoTowerError, match="timestamp missing in 1 row"):
+        tt.UserFeatures.from_pairs(pairs, history_len=5)
+
+
+@pytest.fixture
+def live(dsn, tmp_path, monkeypatch):
+    """A published version on a fresh database (tests/test_nearline.py:make_live)."""
+    from tests.test_nearline import make_live
+
+    yield from make_live(dsn, tmp_path, monkeypatch)
+
+
+def test_the_daily_fits_one_after_the_other_train_the_same_models(live, monkeypatch):
+    """Above RECS_TWO_TOWER_PARALLEL_MAX_PAIRS the daily DAG's two fits run one after the
+    other (less memory), with the same vectors as side by side."""
+    from core import settings as settings_mod
+    from jobs import daily
+    from tests.test_nearline import DAY
+
+    steps = live["steps"]
+    assert steps["tt"]["side_by_side"]
+    monkeypatch.setenv("RECS_TWO_TOWER_PARALLEL_MAX_PAIRS", "0")
+    monkeypatch.setattr(settings_mod, "_cached", None)
+    after = daily.train_two_tower(DAY + dt.timedelta(days=1), steps["pairs"], steps["ex"],
+                                  steps["text"])
+    assert not after["side_by_side"] and after["dir"] != steps["tt"]["dir"]
+    for fit in daily.FITS:
+        for name in ("users.parquet", "items.parquet"):
+            pd.testing.assert_frame_equal(
+                pd.read_parquet(Path(after["dir"]) / fit / name),
+                pd.read_parquet(Path(steps["tt"]["dir"]) / fit / name))
