@@ -3,14 +3,14 @@
 For each size (events; users and items grown in proportion: 50 events per user, 200 per
 item, the generator's Zipf shape), in a fresh home with its own Postgres
 (bench/common.py:ScratchHome): ``recs load synthetic`` (timed), then the daily
-pipeline's steps (jobs/daily.py, the steps the DAG runs, in its order) in a child
-process that times each step and samples the resident memory of its whole process tree
-(the Python process, Spark's JVM and its Python workers, the two-tower fits) every
-0.2 s, so each step gets its peak. The Spark master is ``--master`` (``local[2]`` by
-default; ``spark://host:port`` for a standalone cluster), or with ``--cluster`` a
-standalone cluster of two one-core workers started for each size (tests/spark_cluster.py,
-as the cluster test starts it), whose daemons, executors and their Python workers count
-in every step's memory.
+pipeline's steps (jobs/daily.py, the steps the DAG runs, in its order), each in a process
+of its own as each is an Airflow task of its own, timed, with the resident memory of the
+step's whole process tree (the Python process, Spark's JVM and its Python workers, the
+two-tower fits) sampled every 0.2 s, so each step gets its peak. The Spark master is
+``--master`` (``local[2]`` by default; ``spark://host:port`` for a standalone cluster), or
+with ``--cluster`` a standalone cluster of two one-core workers started for each size
+(tests/spark_cluster.py, as the cluster test starts it), whose daemons, executors and
+their Python workers count in every step's memory.
 
 Prints a table per size, writes the figures to ``--out`` (JSON) and, with two sizes or
 more, a log-log plot of seconds per stage against events (``--plot``) and the fitted
@@ -51,16 +51,14 @@ TREE_PIDS = "RECS_BENCH_TREE_PIDS"  # more roots whose trees count (a cluster's 
 
 class TreeMemory:
     """Peak resident memory (bytes) of this process and its descendants, sampled (and of
-    the processes named in RECS_BENCH_TREE_PIDS and theirs)."""
+    the processes named in ``pids``, RECS_BENCH_TREE_PIDS's form, and theirs)."""
 
-    def __init__(self, every_s: float = 0.2) -> None:
-        import os
-
+    def __init__(self, every_s: float = 0.2, pids: str = "") -> None:
         import psutil
 
         self._proc = psutil.Process()
         self._roots = [self._proc]
-        for pid in filter(None, os.environ.get(TREE_PIDS, "").split(",")):
+        for pid in filter(None, pids.split(",")):
             try:
                 self._roots.append(psutil.Process(int(pid)))
             except psutil.Error:
@@ -103,50 +101,70 @@ class TreeMemory:
         self._thread.join()
 
 
-def run_steps(out_path: str) -> None:
-    """The daily steps for DAY in this process, each timed and its memory sampled."""
+# Each step: (the key its result is kept under, the function of jobs/daily.py, the keys of
+# the earlier results it takes after the day). ALS and co-visitation are spark-submit
+# applications in the DAG; here their inline forms run the same code in the step's process.
+STEP_CALLS = {
+    "extract": ("ex", "extract", ("day",)),
+    "prepare": ("pairs", "prepare", ("day", "ex")),
+    "train_als": (None, "train_als_inline", ("pairs",)),
+    "covisit": (None, "covisit_inline", ("pairs",)),
+    "text_embeddings": ("text", "text_embeddings", ("day", "ex")),
+    "train_two_tower": ("tt", "train_two_tower", ("day", "pairs", "ex", "text")),
+    "item_stats": ("stats", "item_stats", ("day", "ex")),
+    "build_index": ("index", "build_index", ("day", "pairs")),
+    "evaluate": ("result", "evaluate", ("day", "pairs", "ex", "index", "stats", "text",
+                                        "tt")),
+    "precompute": ("lists", "precompute", ("day", "pairs", "ex", "index", "text", "tt",
+                                           "result")),
+    "publish": (None, "publish", ("result", "pairs", "lists", "stats")),
+}
+
+
+def run_step(name: str, state_path: str) -> None:
+    """One daily step for DAY in this process, reading the earlier steps' results from
+    ``state_path`` (JSON, as Airflow passes them between tasks) and adding its own."""
     from jobs import daily
 
-    day = dt.date.fromisoformat(DAY)
-    figures: dict = {}
-    state: dict = {}
+    state = json.loads(Path(state_path).read_text())
+    key, fn, takes = STEP_CALLS[name]
+    args = [dt.date.fromisoformat(DAY) if k == "day" else state[k] for k in takes]
+    value = getattr(daily, fn)(*args)
+    if key is not None:
+        state[key] = value
+        Path(state_path).write_text(json.dumps(state, default=str))
 
-    def step(name: str, fn):
+
+def run_steps(home: Path, env: dict, until: str = STEPS[-1]) -> dict:
+    """The daily steps up to ``until``, each in a process of its own (as each is an
+    Airflow task of its own), timed, and the memory of its process tree sampled."""
+    state_path = home / "state.json"
+    state_path.write_text("{}")
+    figures: dict = {}
+    for name in STEPS:
         t0 = time.perf_counter()
-        with TreeMemory() as mem:
-            value = fn()
+        with TreeMemory(pids=env.get(TREE_PIDS, "")) as mem:
+            r = subprocess.run([sys.executable, "-m", "bench.scale", "--run-step", name,
+                                str(state_path)], env=env, cwd=PROJECT_ROOT)
+        if r.returncode != 0:
+            figures["failed"] = f"{name} exited with {r.returncode}"
+            break
         figures[name] = {"seconds": round(time.perf_counter() - t0, 1),
                          "peak_gib": round(mem.peak / 2**30, 2)}
         print(f"  {name:<16} {figures[name]['seconds']:>8.1f} s  "
               f"{figures[name]['peak_gib']:>6.2f} GiB", flush=True)
-        Path(out_path).write_text(json.dumps(figures))
-        return value
-
-    state["ex"] = step("extract", lambda: daily.extract(day))
-    state["pairs"] = step("prepare", lambda: daily.prepare(day, state["ex"]))
-    step("train_als", lambda: daily.train_als_inline(state["pairs"]))
-    step("covisit", lambda: daily.covisit_inline(state["pairs"]))
-    state["text"] = step("text_embeddings", lambda: daily.text_embeddings(day, state["ex"]))
-    state["tt"] = step("train_two_tower", lambda: daily.train_two_tower(
-        day, state["pairs"], state["ex"], state["text"]))
-    state["stats"] = step("item_stats", lambda: daily.item_stats(day, state["ex"]))
-    state["index"] = step("build_index", lambda: daily.build_index(day, state["pairs"]))
-    state["result"] = step("evaluate", lambda: daily.evaluate(
-        day, state["pairs"], state["ex"], state["index"], state["stats"], state["text"],
-        state["tt"]))
-    if not state["result"]["passed"]:
-        figures["gate"] = state["result"]["message"]
-        Path(out_path).write_text(json.dumps(figures))
-        return
-    state["lists"] = step("precompute", lambda: daily.precompute(
-        day, state["pairs"], state["ex"], state["index"], state["text"], state["tt"],
-        state["result"]))
-    step("publish", lambda: daily.publish(state["result"], state["pairs"], state["lists"],
-                                          state["stats"]))
-    Path(out_path).write_text(json.dumps(figures))
+        if name == "evaluate":
+            result = json.loads(state_path.read_text())["result"]
+            if not result["passed"]:
+                figures["gate"] = result["message"]
+                break
+        if name == until:
+            break
+    return figures
 
 
-def one_size(events: int, master: str, keep: bool, cluster: bool = False) -> dict:
+def one_size(events: int, master: str, keep: bool, cluster: bool = False,
+             until: str = STEPS[-1]) -> dict:
     users, items = events // EVENTS_PER_USER, events // EVENTS_PER_ITEM
     label = "standalone cluster, two one-core workers" if cluster else master
     print(f"{events:,} events, {users:,} users, {items:,} items ({label}):", flush=True)
@@ -168,12 +186,7 @@ def one_size(events: int, master: str, keep: bool, cluster: bool = False) -> dic
                 "peak_gib": round(mem.peak / 2**30, 2)}
         print(f"  {'load':<16} {load['seconds']:>8.1f} s  {load['peak_gib']:>6.2f} GiB",
               flush=True)
-        out = scratch.home / "steps.json"
-        r = subprocess.run([sys.executable, "-m", "bench.scale", "--run-steps", str(out)],
-                           env=scratch.env, cwd=PROJECT_ROOT)
-        steps = json.loads(out.read_text()) if out.exists() else {}
-        if r.returncode != 0:
-            steps["failed"] = f"the steps exited with {r.returncode}"
+        steps = run_steps(scratch.home, scratch.env, until)
     return {"events": events, "users": users, "items": items,
             "master": "cluster2" if cluster else master, "load": load, "steps": steps}
 
@@ -237,19 +250,28 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the scratch homes")
     p.add_argument("--append", action="store_true",
                    help="add to the results already in --out")
-    p.add_argument("--run-steps", metavar="OUT", help=argparse.SUPPRESS)
+    p.add_argument("--until", choices=STEPS, default=STEPS[-1],
+                   help="stop after this step (the figures of later steps stay as they were "
+                        "with --append)")
+    p.add_argument("--run-step", nargs=2, metavar=("STEP", "STATE"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.run_steps:
-        run_steps(args.run_steps)
+    if args.run_step:
+        run_step(*args.run_step)
         return
     sizes = [int(x) for x in args.events.split(",") if x]  # none: re-plot --out
     master = "cluster2" if args.cluster else args.master
-    results = []
+    results, earlier = [], {}
     if args.append and Path(args.out).exists():
-        results = [r for r in json.loads(Path(args.out).read_text())["results"]
-                   if not (r["master"] == master and r["events"] in sizes)]
+        for r in json.loads(Path(args.out).read_text())["results"]:
+            if r["master"] == master and r["events"] in sizes:
+                earlier[r["events"]] = r
+            else:
+                results.append(r)
     for events in sizes:
-        results.append(one_size(events, args.master, args.keep, args.cluster))
+        r = one_size(events, args.master, args.keep, args.cluster, args.until)
+        if events in earlier and args.until != STEPS[-1]:  # the later steps as they were
+            r["steps"] = {**earlier[events]["steps"], **r["steps"]}
+        results.append(r)
         results.sort(key=lambda r: (r["master"], r["events"]))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"results": results}, indent=2))
