@@ -50,14 +50,14 @@ TREE_PIDS = "RECS_BENCH_TREE_PIDS"  # more roots whose trees count (a cluster's 
 
 
 class TreeMemory:
-    """Peak resident memory (bytes) of this process and its descendants, sampled (and of
-    the processes named in ``pids``, RECS_BENCH_TREE_PIDS's form, and theirs)."""
+    """Peak resident memory (bytes) of this process and its descendants (unless ``me`` is
+    false), sampled, and of the processes named in ``pids`` (RECS_BENCH_TREE_PIDS's form)
+    and theirs."""
 
-    def __init__(self, every_s: float = 0.2, pids: str = "") -> None:
+    def __init__(self, every_s: float = 0.2, pids: str = "", me: bool = True) -> None:
         import psutil
 
-        self._proc = psutil.Process()
-        self._roots = [self._proc]
+        self._roots = [psutil.Process()] if me else []
         for pid in filter(None, pids.split(",")):
             try:
                 self._roots.append(psutil.Process(int(pid)))
@@ -220,7 +220,8 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    tab20 = plt.get_cmap("tab20").colors  # 20 colours: the 12 stages stay apart
+    colours = [*tab20[0::2], *tab20[1::2]]
     for m, master in enumerate(sorted({r["master"] for r in results})):
         for n, name in enumerate(("load", *STEPS)):
             pts = [(r["events"], _seconds(r, name)) for r in results
